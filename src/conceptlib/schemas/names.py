@@ -1,0 +1,118 @@
+"""Name rules for the handles users type (``<cat-toy>``, ``easynegative``).
+
+A name is stored as typed (after NFKC and trimming); uniqueness uses its *key*:
+NFKC, case-folded, trimmed. CLIP lower-cases prompt text, so names differing only
+by case would collide in every UI anyway.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+from conceptlib.errors import InvalidName
+
+MAX_NAME_LENGTH = 100
+
+_RESERVED_DEVICE = re.compile(r"^(con|prn|aux|nul|com[0-9]|lpt[0-9])(\..*)?$", re.IGNORECASE)
+# Characters that have a meaning in prompt syntax or paths.
+_FORBIDDEN_CHARS = set('/\\<>:"|?*,()[]{}')
+_EXPANSION = re.compile(r"^(?P<base>.+)_(?P<index>[1-9][0-9]*)$")
+
+
+def normalize_name(name: str) -> str:
+    """NFKC-normalize and trim ``name`` (the stored, displayed form)."""
+    return unicodedata.normalize("NFKC", name).strip()
+
+
+def name_key(name: str) -> str:
+    """The uniqueness key of ``name``: NFKC, trimmed, case-folded."""
+    return normalize_name(name).casefold()
+
+
+def _bad_char(ch: str) -> str | None:
+    cat = unicodedata.category(ch)
+    if cat == "Cc":
+        return f"control character U+{ord(ch):04X}"
+    if cat == "Cf":
+        # zero-width spaces/joiners, bidi overrides and marks, BOM, soft hyphen
+        return f"invisible or bidi character U+{ord(ch):04X} ({unicodedata.name(ch, 'unnamed')})"
+    if cat in ("Zl", "Zp") or (cat == "Zs"):
+        return "whitespace"
+    if ch in _FORBIDDEN_CHARS:
+        return f"the character {ch!r}"
+    return None
+
+
+def validate_name(name: str, *, what: str = "name") -> str:
+    """Return the normalized ``name`` or raise :class:`InvalidName` saying why.
+
+    Refused: empty or over 100 characters; control, zero-width and bidi
+    characters; whitespace; path separators and ``..``; prompt syntax characters
+    (``< > : , ( ) [ ] { }``); reserved device names (``CON``, ``NUL``, ``COM1``...);
+    trailing dots.
+    """
+    raw = name
+    # Trailing spaces and dots are checked on the raw text: Windows drops them.
+    if raw != raw.rstrip(" .") and raw.strip():
+        raise InvalidName(
+            f"invalid {what} {raw!r}: ends with a dot or a space; expected a name "
+            "ending in a letter, digit, '-' or '_'"
+        )
+    norm = normalize_name(raw)
+    if not norm:
+        raise InvalidName(f"invalid {what}: it is empty; expected 1-{MAX_NAME_LENGTH} characters")
+    if len(norm) > MAX_NAME_LENGTH:
+        raise InvalidName(
+            f"invalid {what}: {len(norm)} characters; expected at most {MAX_NAME_LENGTH}"
+        )
+    for ch in norm:
+        reason = _bad_char(ch)
+        if reason:
+            raise InvalidName(
+                f"invalid {what} {norm!r}: contains {reason}; expected letters, digits, '-', "
+                "'_' or '.'"
+            )
+    if ".." in norm:
+        raise InvalidName(f"invalid {what} {norm!r}: contains '..'; expected no path parts")
+    if norm.endswith("."):
+        raise InvalidName(f"invalid {what} {norm!r}: ends with a dot")
+    if _RESERVED_DEVICE.match(norm):
+        raise InvalidName(
+            f"invalid {what} {norm!r}: a reserved device name on Windows; choose another name"
+        )
+    return norm
+
+
+def validate_token(token: str) -> str:
+    """Validate a trigger token. Tokens may be wrapped in ``<...>`` (diffusers style)."""
+    inner = token[1:-1] if len(token) > 2 and token.startswith("<") and token.endswith(">") else token
+    validate_name(inner, what="token")
+    return normalize_name(token)
+
+
+def derive_name(stem: str) -> str:
+    """Make a valid name from a file stem: whitespace and forbidden characters become '-'."""
+    text = normalize_name(stem)
+    out = []
+    for ch in text:
+        out.append("-" if _bad_char(ch) else ch)
+    name = re.sub(r"-{2,}", "-", "".join(out)).strip("-. ")
+    name = name.replace("..", ".")
+    if not name or _RESERVED_DEVICE.match(name):
+        name = f"embedding-{name}" if name else "embedding"
+    return name[:MAX_NAME_LENGTH].rstrip(". ")
+
+
+def split_expansion(key: str) -> tuple[str, int] | None:
+    """``"foo_2"`` -> ``("foo", 2)``: the diffusers expansion naming of a multi-vector token."""
+    m = _EXPANSION.match(key)
+    if not m:
+        return None
+    return m.group("base"), int(m.group("index"))
+
+
+def strip_brackets(token: str) -> str:
+    if len(token) > 2 and token.startswith("<") and token.endswith(">"):
+        return token[1:-1]
+    return token
