@@ -260,6 +260,50 @@ class TokenBudgetExceeded(ComposeError):
     code = "token_budget"
 
 
+class InvalidWeight(PromptSyntaxError):
+    """``<name:w>`` where ``w`` is not a finite number."""
+
+    code = "invalid_weight"
+
+
+class ConflictingWeights(ComposeError):
+    """One prompt names the same embedding with two different weights."""
+
+    exit_code = 2
+    code = "conflicting_weights"
+
+
+class UnknownEmbedding(NotFound):
+    """A prompt names an embedding the catalog does not have (by name or token)."""
+
+    code = "unknown_embedding"
+
+
+class IncompatibleEmbedding(FamilyMismatch):
+    """An embedding whose family cannot be used with the base model's text encoders."""
+
+    code = "incompatible_embedding"
+
+
+class PartialCompatibility(IncompatibleEmbedding):
+    """An SD 1.x embedding on SDXL (first encoder only), refused under ``--strict``."""
+
+    code = "partial_compatibility"
+
+
+class LoaderError(ComposeError):
+    """Embeddings that cannot be added to (or removed from) a pipeline's text encoders."""
+
+    code = "loader_error"
+
+
+class BlendError(ComposeError):
+    """A blend whose parents cannot be combined (families, row counts, weights)."""
+
+    exit_code = 2
+    code = "blend_error"
+
+
 # --------------------------------------------------------------------------- hub
 
 

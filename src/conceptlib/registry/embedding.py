@@ -184,7 +184,9 @@ class Embedding:
         return flags
 
     def scaled(self, weight: float) -> Embedding:
-        return Embedding({k: v * np.float32(weight) for k, v in self.vectors.items()}, list(self.flags))
+        return Embedding(
+            {k: v * np.float32(weight) for k, v in self.vectors.items()}, list(self.flags)
+        )
 
     def torch_vectors(self) -> dict[str, Any]:
         """The vectors as CPU float32 torch tensors (imports torch)."""

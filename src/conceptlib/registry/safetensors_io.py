@@ -29,7 +29,19 @@ DTYPES: dict[str, np.dtype] = {
     # BF16 has no numpy dtype: read as uint16 and widen by hand.
     "BF16": np.dtype("<u2"),
 }
-NON_FLOAT_DTYPES = {"I8", "I16", "I32", "I64", "U8", "U16", "U32", "U64", "BOOL", "F8_E4M3", "F8_E5M2"}
+NON_FLOAT_DTYPES = {
+    "I8",
+    "I16",
+    "I32",
+    "I64",
+    "U8",
+    "U16",
+    "U32",
+    "U64",
+    "BOOL",
+    "F8_E4M3",
+    "F8_E5M2",
+}
 
 MAGIC_MIN_HEADER = 2  # "{}"
 

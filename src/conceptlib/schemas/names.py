@@ -86,7 +86,9 @@ def validate_name(name: str, *, what: str = "name") -> str:
 
 def validate_token(token: str) -> str:
     """Validate a trigger token. Tokens may be wrapped in ``<...>`` (diffusers style)."""
-    inner = token[1:-1] if len(token) > 2 and token.startswith("<") and token.endswith(">") else token
+    inner = (
+        token[1:-1] if len(token) > 2 and token.startswith("<") and token.endswith(">") else token
+    )
     validate_name(inner, what="token")
     return normalize_name(token)
 

@@ -1,0 +1,178 @@
+"""Engine set-up, transactions and migrations for the catalog.
+
+SQLite: WAL, foreign keys, a busy timeout, and write transactions that begin
+IMMEDIATE (the write lock is taken at BEGIN, so two writers queue instead of
+failing with "database is locked" on lock upgrade). PostgreSQL when
+``CONCEPTLIB_DATABASE_URL`` names one.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from sqlalchemy import create_engine, event
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import DatabaseError, OperationalError
+from sqlmodel import Session
+
+from conceptlib.catalog import dialect, migrations
+from conceptlib.catalog.models import utcnow
+from conceptlib.errors import CatalogCorrupt, CatalogError, CatalogLocked, CatalogTooNew
+
+
+def _is_locked(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return "database is locked" in text or "database table is locked" in text or "busy" in text
+
+
+def translate_db_error(exc: BaseException, where: str) -> CatalogError:
+    """Turn a driver error into the typed error a user can act on."""
+    text = str(getattr(exc, "orig", exc))
+    if _is_locked(exc):
+        return CatalogLocked(
+            f"the catalog {where} is locked by another writer past the busy timeout",
+            hint="wait for the other conceptlib process to finish, or raise "
+            "CONCEPTLIB_BUSY_TIMEOUT (seconds)",
+        )
+    low = text.lower()
+    if "not a database" in low or "malformed" in low or "corrupt" in low:
+        return CatalogCorrupt(
+            f"the catalog {where} is corrupt ({text.splitlines()[0]})",
+            hint="restore it from a backup, or move it aside and re-import your embeddings",
+        )
+    if "disk" in low and ("full" in low or "i/o" in low):
+        from conceptlib.errors import DiskFull
+
+        return DiskFull(f"writing the catalog {where} failed: {text.splitlines()[0]}")  # type: ignore[return-value]
+    return CatalogError(f"catalog error at {where}: {text.splitlines()[0] if text else exc!r}")
+
+
+class Catalog:
+    """A connection factory for one catalog database."""
+
+    def __init__(self, url: str, *, busy_timeout_s: float = 30.0) -> None:
+        self.url = url
+        self.busy_timeout_s = busy_timeout_s
+        self.is_sqlite = url.startswith("sqlite")
+        self.where = url.split("///", 1)[-1] if self.is_sqlite else _redact_url(url)
+        if self.is_sqlite:
+            path = url.split("///", 1)[-1]
+            if path and path != ":memory:":
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            self.engine: Engine = create_engine(
+                url, connect_args={"timeout": busy_timeout_s, "check_same_thread": False}
+            )
+            self._install_sqlite_hooks()
+        else:
+            self.engine = create_engine(url, pool_pre_ping=True)
+        self.dialect_name = self.engine.dialect.name
+
+    def _install_sqlite_hooks(self) -> None:
+        timeout = self.busy_timeout_s
+
+        @event.listens_for(self.engine, "connect")
+        def _connect(dbapi_connection, _record):  # noqa: ANN001
+            # Let SQLAlchemy, not pysqlite, decide when transactions begin.
+            dbapi_connection.isolation_level = None
+            dialect.sqlite_pragmas(dbapi_connection, timeout)
+
+        @event.listens_for(self.engine, "begin")
+        def _begin(conn):  # noqa: ANN001
+            readonly = conn.get_execution_options().get("conceptlib_readonly", False)
+            conn.exec_driver_sql(dialect.sqlite_begin_statement(readonly))
+
+    # ------------------------------------------------------------------ transactions
+
+    @contextmanager
+    def write(self) -> Iterator[Session]:
+        """A session in one write transaction, committed on success, rolled back on error."""
+        try:
+            with Session(self.engine, expire_on_commit=False) as session, session.begin():
+                yield session
+        except (OperationalError, DatabaseError) as exc:
+            raise translate_db_error(exc, self.where) from exc
+        except sqlite3.OperationalError as exc:  # raised outside SQLAlchemy's wrapping
+            raise translate_db_error(exc, self.where) from exc
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        """A read-only connection (a deferred transaction on SQLite)."""
+        try:
+            with self.engine.connect() as conn:
+                conn = conn.execution_options(conceptlib_readonly=True)
+                with conn.begin():
+                    yield conn
+        except (OperationalError, DatabaseError) as exc:
+            raise translate_db_error(exc, self.where) from exc
+
+    @contextmanager
+    def connection(self) -> Iterator[Connection]:
+        """A write connection in one transaction (Core, no ORM)."""
+        try:
+            with self.engine.connect() as conn, conn.begin():
+                yield conn
+        except (OperationalError, DatabaseError) as exc:
+            raise translate_db_error(exc, self.where) from exc
+
+    # ------------------------------------------------------------------ migrations
+
+    def schema_version(self) -> int:
+        with self.connection() as conn:
+            versions = migrations.applied_versions(conn)
+        return max(versions, default=0)
+
+    def migrate(self, target: int | None = None) -> list[int]:
+        """Apply pending migrations up to ``target`` (default: all). Returns those applied."""
+        target = migrations.LATEST if target is None else target
+        applied: list[int] = []
+        for attempt in range(3):
+            try:
+                with self.connection() as conn:
+                    done = set(migrations.applied_versions(conn))
+                if done and max(done) > migrations.LATEST:
+                    raise CatalogTooNew(
+                        f"the catalog {self.where} has schema version {max(done)}; this conceptlib "
+                        f"knows up to {migrations.LATEST}",
+                        hint="upgrade conceptlib",
+                    )
+                for m in migrations.MIGRATIONS:
+                    if m.version in done or m.version > target:
+                        continue
+                    with self.connection() as conn:
+                        # Re-check inside the write transaction: another process may have
+                        # applied it while we waited for the lock.
+                        if m.version in migrations.applied_versions(conn):
+                            continue
+                        m.apply(conn)
+                        conn.exec_driver_sql(
+                            "INSERT INTO schema_migrations (version, name, applied_at) "
+                            "VALUES (?, ?, ?)"
+                            if self.is_sqlite
+                            else "INSERT INTO schema_migrations (version, name, applied_at) "
+                            "VALUES (%s, %s, %s)",
+                            (m.version, m.name, utcnow()),
+                        )
+                    applied.append(m.version)
+                return applied
+            except CatalogLocked:
+                if attempt == 2:
+                    raise
+                time.sleep(0.2)
+        return applied
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def _redact_url(url: str) -> str:
+    """Hide the password of a database URL."""
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        creds, host = rest.rsplit("@", 1)
+        user = creds.split(":", 1)[0]
+        return f"{scheme}://{user}:***@{host}"
+    return url

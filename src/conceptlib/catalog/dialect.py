@@ -1,0 +1,139 @@
+"""THE place for SQL that only one database can run.
+
+Everything else in :mod:`conceptlib.catalog` is portable SQL (plain SELECT /
+INSERT / UPDATE / DELETE, standard DDL through SQLAlchemy Core). What differs
+between SQLite and PostgreSQL lives here: connection pragmas, full-text search,
+integrity checks.
+
+SQLite: FTS5 virtual table ``embedding_fts`` (rowid = embedding.id) kept in step by
+the application inside the same write transaction.
+Other databases: a ``LIKE`` search over the same columns until a native full-text
+index is added for them.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+FTS_TABLE = "embedding_fts"
+
+
+def is_sqlite(dialect_name: str) -> bool:
+    return dialect_name == "sqlite"
+
+
+# --------------------------------------------------------------------------- pragmas
+
+
+def sqlite_pragmas(dbapi_connection: Any, busy_timeout_s: float) -> None:
+    cur = dbapi_connection.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.close()
+
+
+def sqlite_begin_statement(readonly: bool) -> str:
+    """Write transactions take the write lock up front, so they never deadlock on upgrade."""
+    return "BEGIN" if readonly else "BEGIN IMMEDIATE"
+
+
+# --------------------------------------------------------------------------- full-text search
+
+
+def create_fts(conn: Any, dialect_name: str) -> None:
+    """Create the full-text index (migration 2) and fill it from existing rows."""
+    if not is_sqlite(dialect_name):
+        return
+    conn.exec_driver_sql(
+        f"CREATE VIRTUAL TABLE IF NOT EXISTS {FTS_TABLE} USING fts5("
+        "name, token, description, tags, tokenize='unicode61 remove_diacritics 2', "
+        "prefix='2 3')"
+    )
+    rows = conn.exec_driver_sql("SELECT id FROM embedding").fetchall()
+    for (eid,) in rows:
+        refresh_fts(conn, dialect_name, eid)
+
+
+def refresh_fts(conn: Any, dialect_name: str, embedding_id: int) -> None:
+    """Rewrite the full-text row of one embedding (call in the same transaction)."""
+    if not is_sqlite(dialect_name):
+        return
+    conn.exec_driver_sql(f"DELETE FROM {FTS_TABLE} WHERE rowid = ?", (embedding_id,))
+    row = conn.exec_driver_sql(
+        "SELECT name, token, coalesce(description, '') FROM embedding WHERE id = ?",
+        (embedding_id,),
+    ).fetchone()
+    if row is None:
+        return
+    tags = conn.exec_driver_sql(
+        "SELECT t.name FROM tag t JOIN embedding_tag et ON et.tag_id = t.id "
+        "WHERE et.embedding_id = ? ORDER BY t.name",
+        (embedding_id,),
+    ).fetchall()
+    conn.exec_driver_sql(
+        f"INSERT INTO {FTS_TABLE}(rowid, name, token, description, tags) VALUES (?, ?, ?, ?, ?)",
+        (embedding_id, row[0], row[1], row[2], " ".join(t[0] for t in tags)),
+    )
+
+
+def delete_fts(conn: Any, dialect_name: str, embedding_id: int) -> None:
+    if is_sqlite(dialect_name):
+        conn.exec_driver_sql(f"DELETE FROM {FTS_TABLE} WHERE rowid = ?", (embedding_id,))
+
+
+_WORD = re.compile(r"\w+", re.UNICODE)
+
+
+def fts_match_expression(query: str) -> str | None:
+    """Turn free text into an FTS5 expression: every word must match, as a prefix."""
+    words = _WORD.findall(query)
+    if not words:
+        return None
+    return " AND ".join(f'"{w}"*' for w in words)
+
+
+def text_search_clause(dialect_name: str, query: str, param: str) -> tuple[str, list[Any]]:
+    """SQL (qmark placeholders) restricting ``embedding e`` to rows matching ``query``."""
+    if is_sqlite(dialect_name):
+        expr = fts_match_expression(query)
+        if expr is None:
+            return "1=1", []
+        return (f"e.id IN (SELECT rowid FROM {FTS_TABLE} WHERE {FTS_TABLE} MATCH ?)", [expr])
+    words = _WORD.findall(query.lower())
+    clauses, params = [], []
+    for w in words:
+        like = f"%{w}%"
+        clauses.append(
+            "(lower(e.name) LIKE ? OR lower(e.token) LIKE ? OR lower(coalesce(e.description,'')) "
+            "LIKE ? OR e.id IN (SELECT et.embedding_id FROM embedding_tag et JOIN tag t ON "
+            "t.id = et.tag_id WHERE t.name LIKE ?))"
+        )
+        params += [like, like, like, like]
+    return (" AND ".join(clauses) or "1=1"), params
+
+
+def fts_rank_order(dialect_name: str) -> str | None:
+    return None
+
+
+# --------------------------------------------------------------------------- integrity
+
+
+def integrity_problems(conn: Any, dialect_name: str) -> list[str]:
+    """Database-level integrity check; an empty list means intact."""
+    if not is_sqlite(dialect_name):
+        return []
+    problems = []
+    rows = conn.exec_driver_sql("PRAGMA integrity_check").fetchall()
+    if [r[0] for r in rows] != ["ok"]:
+        problems += [f"integrity_check: {r[0]}" for r in rows]
+    for row in conn.exec_driver_sql("PRAGMA foreign_key_check").fetchall():
+        problems.append(f"foreign key violation in {row[0]} row {row[1]} -> {row[2]}")
+    try:
+        conn.exec_driver_sql(f"INSERT INTO {FTS_TABLE}({FTS_TABLE}) VALUES('integrity-check')")
+    except Exception as exc:  # the FTS index disagrees with its content
+        problems.append(f"full-text index: {exc}")
+    return problems

@@ -1,0 +1,135 @@
+"""``list``, ``search`` and ``show``: read-only, fast, no heavy imports."""
+
+from __future__ import annotations
+
+import click
+
+from conceptlib.cli.common import console, json_option, open_reader, print_json
+
+FAMILIES = ["sd1", "sd2", "sdxl"]
+KINDS = ["object", "style", "negative", "other"]
+SOURCES = ["trained", "file", "hub", "civitai", "blend"]
+
+
+def _render(infos, as_json: bool, title: str) -> None:  # noqa: ANN001
+    if as_json:
+        print_json([e.to_dict() for e in infos])
+        return
+    if not infos:
+        click.echo("no embeddings match", err=True)
+        return
+    from conceptlib.cli.render import embeddings_table
+
+    console().print(embeddings_table(infos, title=f"{title} ({len(infos)})"))
+
+
+@click.command("list")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Show at most N entries.")
+@json_option
+def list_cmd(limit: int | None, as_json: bool) -> None:
+    """List every embedding in the catalog, by name.
+
+    \b
+    Examples:
+      conceptlib list
+      conceptlib list --json | jq '.[].name'
+    """
+    from conceptlib.catalog.query import SearchQuery
+
+    with open_reader() as r:
+        infos = r.search(SearchQuery(limit=limit))
+    _render(infos, as_json, "embeddings")
+
+
+@click.command("search")
+@click.argument("query", required=False)
+@click.option("--tag", "tags", multiple=True, help="Require this tag (repeatable).")
+@click.option("--family", type=click.Choice(FAMILIES), help="Only this base-model family.")
+@click.option("--kind", type=click.Choice(KINDS), help="Only this kind.")
+@click.option(
+    "--compatible-with",
+    type=click.Choice(FAMILIES),
+    help="Usable with this model family (sd1 embeddings count for sdxl: first encoder only).",
+)
+@click.option("--source", type=click.Choice(SOURCES), help="Only from this source.")
+@click.option(
+    "--base", "base_model", help="Only trained on / declared for this base model or fingerprint."
+)
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Show at most N entries.")
+@json_option
+def search_cmd(
+    query: str | None,
+    tags: tuple[str, ...],
+    family: str | None,
+    kind: str | None,
+    compatible_with: str | None,
+    source: str | None,
+    base_model: str | None,
+    limit: int | None,
+    as_json: bool,
+) -> None:
+    """Find embeddings. QUERY matches name, token, description and tags (every word, as a
+    prefix); the options filter further and combine with AND.
+
+    \b
+    Examples:
+      conceptlib search watercolor
+      conceptlib search --tag style --family sdxl
+      conceptlib search --kind negative --compatible-with sdxl --json
+    """
+    from conceptlib.catalog.query import SearchQuery, normalize_tag
+
+    q = SearchQuery(
+        text=query,
+        tags=[normalize_tag(t) for t in tags],
+        family=family,
+        kind=kind,
+        compatible_with=compatible_with,
+        source=source,
+        base_model=base_model,
+        limit=limit,
+    )
+    with open_reader() as r:
+        infos = r.search(q)
+    _render(infos, as_json, "matches")
+
+
+@click.command("show")
+@click.argument("name")
+@json_option
+def show_cmd(name: str, as_json: bool) -> None:
+    """Show everything known about one embedding: hashes, provenance, previews, training.
+
+    NAME is the embedding's name or its trigger token.
+
+    \b
+    Examples:
+      conceptlib show cat-toy
+      conceptlib show "<cat-toy>" --json
+    """
+    import difflib
+
+    from conceptlib.config import load_settings
+    from conceptlib.errors import NotFound
+    from conceptlib.schemas.names import name_key, strip_brackets
+
+    with open_reader() as r:
+        info = r.by_key("name_key", name_key(name)) or r.by_key("token_key", name_key(name))
+        if info is None:
+            info = r.by_key("name_key", name_key(strip_brackets(name)))
+        if info is None:
+            keys = [k[0] for k in r.all_name_keys()]
+            raise NotFound(
+                f"no embedding named {name!r}",
+                suggestions=difflib.get_close_matches(name_key(name), keys, n=3, cutoff=0.5),
+            )
+    store = load_settings().store_dir
+    if as_json:
+        d = info.to_dict()
+        for p in d["previews"]:
+            p["path"] = str(store / p["sha256"][:2] / p["sha256"])
+        print_json(d)
+        return
+    from conceptlib.cli.render import detail_panel
+
+    console().print(detail_panel(info, lambda sha: store / sha[:2] / sha))

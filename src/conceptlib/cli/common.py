@@ -1,0 +1,157 @@
+"""Helpers shared by the CLI modules: options, output, progress, opening the library.
+
+Data goes to stdout (tables for people, ``--json`` for scripts); messages, progress
+bars and errors go to stderr. rich is imported only when something is rendered.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import click
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from conceptlib.catalog.query import Reader
+    from conceptlib.registry.library import Library
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def json_option(f: F) -> F:
+    return click.option(
+        "--json", "as_json", is_flag=True, help="Print JSON (for scripts) instead of a table."
+    )(f)
+
+
+def print_json(obj: Any) -> None:
+    click.echo(json.dumps(obj, indent=2, ensure_ascii=False, default=str))
+
+
+def console() -> Console:
+    from rich.console import Console
+
+    return Console(highlight=False, soft_wrap=False)
+
+
+def err_console() -> Console:
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False)
+
+
+def open_library() -> Library:
+    from conceptlib.registry.library import Library
+
+    return Library.open()
+
+
+@contextmanager
+def open_reader() -> Iterator[Reader]:
+    """A read-only view of the catalog that imports no SQLAlchemy on the common path.
+
+    On SQLite with an up-to-date schema, a plain ``sqlite3`` read-only connection is
+    used; otherwise (no catalog yet, an older schema, PostgreSQL) the library is
+    opened, which creates or migrates the catalog.
+    """
+    from conceptlib.catalog.query import (
+        SCHEMA_VERSION,
+        Reader,
+        open_sqlite_readonly,
+        schema_version_sqlite,
+    )
+    from conceptlib.config import load_settings
+
+    settings = load_settings()
+    if settings.is_sqlite and settings.catalog_path.is_file():
+        import sqlite3
+
+        try:
+            conn = open_sqlite_readonly(str(settings.catalog_path), settings.busy_timeout_s)
+            try:
+                if schema_version_sqlite(conn) == SCHEMA_VERSION:
+                    yield Reader(conn, "sqlite")
+                    return
+            finally:
+                conn.close()
+        except sqlite3.DatabaseError as exc:
+            from conceptlib.errors import CatalogCorrupt, CatalogLocked
+
+            text = str(exc)
+            if "locked" in text:
+                raise CatalogLocked(
+                    f"the catalog {settings.catalog_path} is locked past the busy timeout"
+                ) from None
+            raise CatalogCorrupt(
+                f"the catalog {settings.catalog_path} cannot be read ({text})",
+                hint="restore it from a backup, or move it aside and re-import",
+            ) from None
+    lib = open_library()
+    try:
+        with lib.reader() as r:
+            yield r
+    finally:
+        lib.close()
+
+
+class _Progress:
+    """A rich progress bar on stderr, or nothing when stderr is not a terminal."""
+
+    def __init__(self, description: str, enabled: bool) -> None:
+        self.description = description
+        self.enabled = enabled
+        self._progress: Any = None
+        self._task: Any = None
+
+    def __enter__(self) -> _Progress:
+        if self.enabled:
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+
+            self._progress = Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+                TextColumn("{task.fields[current]}", style="dim"),
+                console=err_console(),
+                transient=True,
+            )
+            self._progress.__enter__()
+            self._task = self._progress.add_task(self.description, total=None, current="")
+        return self
+
+    def update(self, done: int, total: int, current: str = "") -> None:
+        if self._progress is not None:
+            short = current if len(current) < 40 else "…" + current[-39:]
+            self._progress.update(self._task, completed=done, total=total, current=short)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._progress is not None:
+            self._progress.__exit__(*exc)
+
+
+def progress(description: str, *, quiet: bool = False) -> _Progress:
+    enabled = not quiet and sys.stderr.isatty() and os.environ.get("CI") != "true"
+    return _Progress(description, enabled)
+
+
+def short(sha: str | None, n: int = 12) -> str:
+    return (sha or "")[:n]
+
+
+def echo_err(message: str) -> None:
+    click.echo(message, err=True)

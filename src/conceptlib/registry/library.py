@@ -1,0 +1,1102 @@
+"""The Python API: a catalog plus a blob store.
+
+Example:
+    >>> from conceptlib.registry.library import Library
+    >>> lib = Library.open()                      # CONCEPTLIB_HOME or the user data dir
+    >>> report = lib.import_paths(["~/webui/embeddings"], recursive=True)
+    >>> [e.name for e in lib.search("watercolor", family="sd1")]
+    >>> lib.export("cat-toy", "a1111-pt", "out/")
+
+Every write keeps the store-before-row order: blobs are written (atomically) first,
+then the rows are committed in one transaction. Nothing here prints, prompts or exits.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import os
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from conceptlib.catalog.query import Reader, SearchQuery, normalize_tag
+from conceptlib.config import Settings, load_settings
+from conceptlib.errors import (
+    AlreadyExists,
+    ConceptlibError,
+    EmbeddingFileError,
+    InvalidName,
+    NameCollision,
+    NotFound,
+    StoreError,
+    UsageError,
+)
+from conceptlib.registry.embedding import Embedding, sha256_hex
+from conceptlib.registry.store import BlobStore, atomic_write
+from conceptlib.schemas.enums import Kind, Source
+from conceptlib.schemas.names import (
+    derive_name,
+    name_key,
+    split_expansion,
+    strip_brackets,
+    validate_name,
+    validate_token,
+)
+from conceptlib.schemas.records import (
+    EmbeddingInfo,
+    ImportOutcome,
+    ImportReport,
+    Preview,
+    SyncInfo,
+    TrainingRunRecord,
+    VerifyReport,
+)
+
+ProgressCallback = Callable[[int, int, str], None]
+
+#: Files beside embeddings that are metadata, not embeddings.
+SIDECAR_SUFFIXES = (".preview.png", ".civitai.info", ".json", ".txt", ".md", ".yaml", ".yml")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+MAX_TAG_LENGTH = 64
+IMPORT_BATCH = 256
+
+
+@dataclass
+class _Pending:
+    """An embedding ready to be committed (its blobs already in the store)."""
+
+    embedding: Embedding
+    name: str
+    token: str
+    kind: str
+    source: str
+    source_ref: str | None
+    file_sha256: str
+    tensor_sha256: str
+    base_model: str | None = None
+    base_model_fingerprint: str | None = None
+    initializer: str | None = None
+    training_images_hash: str | None = None
+    training_image_count: int | None = None
+    tags: list[str] = field(default_factory=list)
+    description: str | None = None
+    license: str | None = None
+    previews: list[tuple[str, str, str, int]] = field(
+        default_factory=list
+    )  # filename, role, sha, size
+    training_run: TrainingRunRecord | None = None
+    parents: list[dict[str, Any]] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+    version: int = 1
+    path: str | None = None
+
+
+def validate_tag(tag: str) -> str:
+    t = normalize_tag(tag)
+    if not t:
+        raise InvalidName("invalid tag: it is empty")
+    if len(t) > MAX_TAG_LENGTH:
+        raise InvalidName(f"invalid tag {t[:20]!r}...: {len(t)} characters; expected at most 64")
+    validate_name(t, what="tag")
+    return t
+
+
+class Library:
+    """A catalog of embeddings and the store that holds their bytes."""
+
+    def __init__(self, settings: Settings) -> None:
+        from conceptlib.catalog.db import Catalog
+
+        self.settings = settings
+        settings.home.mkdir(parents=True, exist_ok=True)
+        self.store = BlobStore(settings.store_dir)
+        self.catalog = Catalog(settings.url, busy_timeout_s=settings.busy_timeout_s)
+        self.catalog.migrate()
+        self._local = threading.local()
+
+    @classmethod
+    def open(cls, home: str | os.PathLike[str] | None = None) -> Library:
+        """Open the library at ``home`` (default ``CONCEPTLIB_HOME`` or the user data dir)."""
+        return cls(load_settings(home))
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+        self.catalog.dispose()
+
+    def __enter__(self) -> Library:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ reading
+
+    @contextmanager
+    def reader(self) -> Iterator[Reader]:
+        """A :class:`Reader` over a plain DB-API connection (kept open per thread on SQLite)."""
+        if self.catalog.is_sqlite:
+            import sqlite3
+
+            conn = getattr(self._local, "conn", None)
+            if conn is None:
+                conn = sqlite3.connect(
+                    str(self.settings.catalog_path),
+                    timeout=self.settings.busy_timeout_s,
+                    isolation_level=None,
+                    check_same_thread=False,
+                )
+                conn.execute(f"PRAGMA busy_timeout={int(self.settings.busy_timeout_s * 1000)}")
+                self._local.conn = conn
+            try:
+                yield Reader(conn, "sqlite")
+            except sqlite3.DatabaseError as exc:
+                from conceptlib.catalog.db import translate_db_error
+
+                raise translate_db_error(exc, self.catalog.where) from exc
+        else:
+            raw = self.catalog.engine.raw_connection()
+            try:
+                yield Reader(raw, self.catalog.dialect_name, paramstyle="format")
+                raw.commit()
+            finally:
+                raw.close()
+
+    def search(
+        self,
+        query: str | None = None,
+        *,
+        tags: Sequence[str] = (),
+        family: str | None = None,
+        kind: str | None = None,
+        compatible_with: str | None = None,
+        source: str | None = None,
+        base_model: str | None = None,
+        limit: int | None = None,
+    ) -> list[EmbeddingInfo]:
+        """Find embeddings; all filters combine with AND. ``query`` searches name, token,
+        description and tags (every word must match, as a prefix)."""
+        q = SearchQuery(
+            text=query or None,
+            tags=[normalize_tag(t) for t in tags],
+            family=family,
+            kind=kind,
+            compatible_with=compatible_with,
+            source=source,
+            base_model=base_model,
+            limit=limit,
+        )
+        with self.reader() as r:
+            return r.search(q)
+
+    def list(self, *, limit: int | None = None) -> list[EmbeddingInfo]:
+        return self.search(limit=limit)
+
+    def count(self) -> int:
+        with self.reader() as r:
+            return r.count()
+
+    def tags(self) -> list[tuple[str, int]]:
+        with self.reader() as r:
+            return r.tags()
+
+    def find(self, name: str) -> EmbeddingInfo | None:
+        """The entry named ``name`` (normalized), or ``None``."""
+        with self.reader() as r:
+            return r.by_key("name_key", name_key(name))
+
+    def get(self, name: str) -> EmbeddingInfo:
+        """The entry named ``name``; :class:`NotFound` with close matches otherwise."""
+        info = self.find(name)
+        if info is None:
+            raise NotFound(
+                f"no embedding named {name!r}", suggestions=self.suggest(name), name=name
+            )
+        return info
+
+    def by_tensor_sha256(self, sha: str) -> EmbeddingInfo | None:
+        with self.reader() as r:
+            return r.by_key("tensor_sha256", sha)
+
+    def resolve(self, handle: str) -> EmbeddingInfo:
+        """Resolve what a prompt names: by name, then by trigger token (normalized)."""
+        inner = strip_brackets(handle)
+        with self.reader() as r:
+            for column, key in (
+                ("name_key", name_key(handle)),
+                ("name_key", name_key(inner)),
+                ("token_key", name_key(handle)),
+                ("token_key", name_key(f"<{inner}>")),
+                ("token_key", name_key(inner)),
+            ):
+                info = r.by_key(column, key)
+                if info is not None:
+                    return info
+        raise NotFound(
+            f"no embedding named {handle!r} (by name or trigger token)",
+            suggestions=self.suggest(inner),
+            name=handle,
+        )
+
+    def suggest(self, name: str, n: int = 3) -> list[str]:
+        with self.reader() as r:
+            keys = r.all_name_keys()
+        names = [k[0] for k in keys] + [strip_brackets(k[1]) for k in keys]
+        matches = difflib.get_close_matches(name_key(strip_brackets(name)), names, n=n, cutoff=0.5)
+        out: list[str] = []
+        for m in matches:
+            if m not in out:
+                out.append(m)
+        return out
+
+    def load(self, handle: str | EmbeddingInfo) -> Embedding:
+        """Read an embedding's vectors; the blob is verified against its hash first."""
+        from conceptlib.registry.safetensors_io import read_safetensors
+
+        info = handle if isinstance(handle, EmbeddingInfo) else self.get(handle)
+        data = self.store.get(info.tensor_sha256, verify=True)
+        tensors, _ = read_safetensors(data, path=str(self.store.path(info.tensor_sha256)))
+        emb = Embedding(vectors=tensors)
+        emb.flags = list(info.flags)
+        return emb
+
+    def preview_path(self, info: EmbeddingInfo, filename: str) -> Path:
+        for p in info.previews:
+            if p.filename == filename:
+                return self.store.path(p.sha256)
+        raise NotFound(f"{info.name} has no preview named {filename!r}")
+
+    def syncs(self, name: str) -> list[SyncInfo]:
+        return self.get(name).syncs
+
+    # ------------------------------------------------------------------ adding
+
+    def add_embedding(
+        self,
+        emb: Embedding,
+        *,
+        name: str,
+        token: str | None = None,
+        kind: Kind | str = Kind.OBJECT,
+        source: Source | str = Source.FILE,
+        source_ref: str | None = None,
+        file_bytes: bytes | None = None,
+        file_sha256: str | None = None,
+        base_model: str | None = None,
+        base_model_fingerprint: str | None = None,
+        initializer: str | None = None,
+        training_images_hash: str | None = None,
+        training_image_count: int | None = None,
+        tags: Sequence[str] = (),
+        description: str | None = None,
+        license: str | None = None,
+        previews: Sequence[Preview] = (),
+        training_run: TrainingRunRecord | None = None,
+        parents: Sequence[dict[str, Any]] = (),
+        extra: dict[str, Any] | None = None,
+        version: int = 1,
+        on_duplicate: str = "error",
+    ) -> EmbeddingInfo:
+        """Register one embedding (blob first, then its rows in one transaction).
+
+        Raises:
+            AlreadyExists: the same tensors are already registered (``on_duplicate="error"``).
+            NameCollision: the name or token (or its ``_N`` expansion) is taken.
+            InvalidName: the name, token or a tag breaks the name rules.
+        """
+        canonical = emb.canonical_bytes()
+        tensor_sha = sha256_hex(canonical)
+        pending = _Pending(
+            embedding=emb,
+            name=validate_name(name),
+            token=validate_token(token) if token else validate_name(name),
+            kind=Kind(kind).value,
+            source=Source(source).value,
+            source_ref=source_ref,
+            file_sha256=file_sha256
+            or sha256_hex(file_bytes if file_bytes is not None else canonical),
+            tensor_sha256=tensor_sha,
+            base_model=base_model,
+            base_model_fingerprint=base_model_fingerprint,
+            initializer=initializer,
+            training_images_hash=training_images_hash,
+            training_image_count=training_image_count,
+            tags=sorted({validate_tag(t) for t in tags}),
+            description=description,
+            license=license,
+            training_run=training_run,
+            parents=list(parents),
+            extra=dict(extra or {}),
+            version=version,
+        )
+        existing = self.by_tensor_sha256(tensor_sha)
+        if existing is not None:
+            if on_duplicate == "return":
+                return existing
+            raise AlreadyExists(
+                f"these vectors are already in the catalog as {existing.name!r}",
+                existing=existing.name,
+                tensor_sha256=tensor_sha,
+            )
+        with self.reader() as r:
+            self._check_names(r, pending, {})
+        self.store.put(canonical, tensor_sha)
+        for p in previews:
+            sha = self.store.put(p.data)
+            pending.previews.append((_safe_filename(p.filename), p.role, sha, len(p.data)))
+        self._commit([pending])
+        return self.get(pending.name)
+
+    def _check_names(
+        self,
+        r: Reader,
+        p: _Pending,
+        batch: dict[str, str],
+        *,
+        exclude: str | None = None,
+    ) -> None:
+        """Refuse a name/token already used, or clashing with diffusers' ``t_1`` expansion.
+
+        ``exclude`` names the entry being renamed (it may keep its own name or token).
+        """
+        self._check_handles(r, p.name, p.token, p.embedding.num_vectors, batch, exclude)
+
+    def _check_handles(
+        self,
+        r: Reader,
+        new_name: str,
+        token: str,
+        n: int,
+        batch: dict[str, str],
+        exclude: str | None,
+    ) -> None:
+        ex = name_key(exclude) if exclude else None
+
+        def clash(other: EmbeddingInfo | None) -> bool:
+            return other is not None and name_key(other.name) != ex
+
+        nk, tk = name_key(new_name), name_key(token)
+        for key, what in ((nk, "name"), (tk, "token")):
+            for column in ("name_key", "token_key"):
+                other = r.by_key(column, key)
+                if clash(other):
+                    raise NameCollision(
+                        f"the {what} {new_name if what == 'name' else token!r} is already used by "
+                        f"{other.name!r}",
+                        existing=other.name,
+                        hint="choose another name with --name",
+                    )
+            if key in batch and batch[key] != new_name:
+                raise NameCollision(
+                    f"the {what} {key!r} is used by {batch[key]!r} in this same import",
+                    existing=batch[key],
+                    hint="choose another name with --name",
+                )
+        # foo_2 against a multi-vector foo (diffusers expands foo into foo, foo_1, ...).
+        for key in {nk, tk, name_key(strip_brackets(token))}:
+            split = split_expansion(key)
+            if split:
+                base, index = split
+                for column in ("name_key", "token_key"):
+                    for cand in (base, f"<{base}>"):
+                        other = r.by_key(column, cand)
+                        if clash(other) and other.num_vectors > index:
+                            raise NameCollision(
+                                f"{key!r} collides with {other.name!r}: it has "
+                                f"{other.num_vectors} vectors, which diffusers loads as "
+                                f"{base}, {base}_1, ... {base}_{other.num_vectors - 1}",
+                                existing=other.name,
+                                hint="choose a name that does not end in _<number>",
+                            )
+        if n > 1:
+            for base in {nk, name_key(strip_brackets(token))}:
+                for i in range(1, n):
+                    for column in ("name_key", "token_key"):
+                        other = r.by_key(column, f"{base}_{i}")
+                        if clash(other):
+                            raise NameCollision(
+                                f"{new_name!r} has {n} vectors, which diffusers loads as {base}, "
+                                f"{base}_1, ...; {other.name!r} already uses {base}_{i}",
+                                existing=other.name,
+                                hint="choose another name with --name",
+                            )
+
+    def _commit(self, batch: Sequence[_Pending]) -> None:
+        from sqlalchemy.exc import IntegrityError
+
+        from conceptlib.catalog import dialect
+        from conceptlib.catalog.models import (
+            EmbeddingRow,
+            EmbeddingTagRow,
+            PreviewRow,
+            SourceRow,
+            TagRow,
+            TrainingRunRow,
+        )
+
+        try:
+            with self.catalog.write() as session:
+                tag_ids: dict[str, int] = {}
+                for p in batch:
+                    emb = p.embedding
+                    row = EmbeddingRow(
+                        name=p.name,
+                        name_key=name_key(p.name),
+                        token=p.token,
+                        token_key=name_key(p.token),
+                        kind=p.kind,
+                        family=emb.family.value,
+                        num_vectors=emb.num_vectors,
+                        dims=",".join(str(d) for d in emb.dims),
+                        tensor_sha256=p.tensor_sha256,
+                        file_sha256=p.file_sha256,
+                        source=p.source,
+                        source_ref=p.source_ref,
+                        base_model=p.base_model,
+                        base_model_fingerprint=p.base_model_fingerprint,
+                        initializer=p.initializer,
+                        training_images_hash=p.training_images_hash,
+                        training_image_count=p.training_image_count,
+                        description=p.description,
+                        license=p.license,
+                        flags=json.dumps(emb.flags),
+                        extra=json.dumps(p.extra, sort_keys=True, default=str),
+                        parents=json.dumps(p.parents, sort_keys=True),
+                        version=p.version,
+                    )
+                    session.add(row)
+                    session.flush()
+                    for t in p.tags:
+                        if t not in tag_ids:
+                            tag_ids[t] = self._tag_id(session, TagRow, t)
+                        session.add(EmbeddingTagRow(embedding_id=row.id, tag_id=tag_ids[t]))
+                    for filename, role, sha, size in p.previews:
+                        session.add(
+                            PreviewRow(
+                                embedding_id=row.id,
+                                filename=filename,
+                                role=role,
+                                sha256=sha,
+                                size=size,
+                            )
+                        )
+                    session.add(
+                        SourceRow(
+                            embedding_id=row.id,
+                            source=p.source,
+                            ref=p.source_ref,
+                            file_sha256=p.file_sha256,
+                        )
+                    )
+                    if p.training_run is not None:
+                        tr = p.training_run
+                        session.add(
+                            TrainingRunRow(
+                                embedding_id=row.id,
+                                config=json.dumps(tr.config, sort_keys=True, default=str),
+                                steps=tr.steps,
+                                final_loss=tr.final_loss,
+                                wall_time_s=tr.wall_time_s,
+                                device=tr.device,
+                                base_model=tr.base_model,
+                                base_model_fingerprint=tr.base_model_fingerprint,
+                                training_images_hash=tr.training_images_hash,
+                                training_image_count=tr.training_image_count,
+                                initializer=tr.initializer,
+                                status=tr.status,
+                            )
+                        )
+                    session.flush()
+                    dialect.refresh_fts(session.connection(), self.catalog.dialect_name, row.id)
+        except IntegrityError as exc:
+            raise self._integrity_error(batch, exc) from None
+
+    @staticmethod
+    def _tag_id(session: Any, TagRow: Any, tag: str) -> int:  # noqa: N803
+        from sqlmodel import select
+
+        found = session.exec(select(TagRow).where(TagRow.name == tag)).first()
+        if found is not None:
+            return found.id
+        row = TagRow(name=tag)
+        session.add(row)
+        session.flush()
+        return row.id
+
+    def _integrity_error(self, batch: Sequence[_Pending], exc: Exception) -> ConceptlibError:
+        """A unique violation (lost race with another writer) as a typed error."""
+        for p in batch:
+            other = self.by_tensor_sha256(p.tensor_sha256)
+            if other is not None:
+                return AlreadyExists(
+                    f"these vectors are already in the catalog as {other.name!r}",
+                    existing=other.name,
+                    tensor_sha256=p.tensor_sha256,
+                )
+            other = self.find(p.name)
+            if other is not None:
+                return NameCollision(
+                    f"the name {p.name!r} is already used by {other.name!r}", existing=other.name
+                )
+        return NameCollision(f"a name or token is already used ({str(exc).splitlines()[0]})")
+
+    # ------------------------------------------------------------------ import
+
+    def import_paths(
+        self,
+        paths: Iterable[str | os.PathLike[str]],
+        *,
+        recursive: bool = False,
+        name: str | None = None,
+        kind: Kind | str | None = None,
+        tags: Sequence[str] = (),
+        base_model: str | None = None,
+        on_progress: ProgressCallback | None = None,
+    ) -> ImportReport:
+        """Import embedding files and whole A1111 / ComfyUI / InvokeAI embedding folders.
+
+        One bad file never stops the rest: each file ends up ``imported``, ``present``
+        (naming the existing entry) or ``rejected`` (with the reason).
+        """
+        files = list(collect_files(paths, recursive=recursive))
+        if name is not None and len(files) != 1:
+            raise UsageError(f"--name applies to one file; {len(files)} files were given")
+        user_tags = [validate_tag(t) for t in tags]
+        kind_value = Kind(kind).value if kind else None
+        report = ImportReport()
+        batch: list[tuple[_Pending, ImportOutcome]] = []
+        batch_keys: dict[str, str] = {}
+        seen_tensors: dict[str, str] = {}
+        total = len(files)
+        for i, f in enumerate(files):
+            outcome = ImportOutcome(path=str(f), status="rejected")
+            try:
+                pending = self._prepare_file(f, name, kind_value, user_tags, base_model)
+                outcome.tensor_sha256 = pending.tensor_sha256
+                if pending.tensor_sha256 in seen_tensors:
+                    outcome.status, outcome.existing = (
+                        "present",
+                        seen_tensors[pending.tensor_sha256],
+                    )
+                    outcome.name = outcome.existing
+                else:
+                    existing = self.by_tensor_sha256(pending.tensor_sha256)
+                    if existing is not None:
+                        outcome.status, outcome.existing = "present", existing.name
+                        outcome.name = existing.name
+                    else:
+                        with self.reader() as r:
+                            self._check_names(r, pending, batch_keys)
+                        self._store_pending(pending)
+                        batch.append((pending, outcome))
+                        batch_keys[name_key(pending.name)] = pending.name
+                        batch_keys[name_key(pending.token)] = pending.name
+                        seen_tensors[pending.tensor_sha256] = pending.name
+                        outcome.name = pending.name
+            except ConceptlibError as exc:
+                outcome.status, outcome.reason, outcome.error = "rejected", exc.message, exc.code
+                outcome.existing = getattr(exc, "existing", None)
+            report.outcomes.append(outcome)
+            if len(batch) >= IMPORT_BATCH:
+                self._flush(batch)
+                batch, batch_keys = [], {}
+            if on_progress:
+                on_progress(i + 1, total, str(f))
+        self._flush(batch)
+        return report
+
+    def _flush(self, batch: list[tuple[_Pending, ImportOutcome]]) -> None:
+        if not batch:
+            return
+        try:
+            self._commit([p for p, _ in batch])
+            for _, o in batch:
+                o.status = "imported"
+        except (AlreadyExists, NameCollision):
+            # Another writer won a race for one of them: commit one by one.
+            for p, o in batch:
+                try:
+                    self._commit([p])
+                    o.status = "imported"
+                except AlreadyExists as exc:
+                    o.status, o.existing, o.name = "present", exc.existing, exc.existing
+                except ConceptlibError as exc:
+                    o.status, o.reason, o.error = "rejected", exc.message, exc.code
+
+    def _store_pending(self, p: _Pending) -> None:
+        self.store.put(p.embedding.canonical_bytes(), p.tensor_sha256)
+        for i, (filename, role, _sha, _size) in enumerate(p.previews):
+            data = p.extra.pop(f"__preview_data_{i}")
+            sha = self.store.put(data)
+            p.previews[i] = (filename, role, sha, len(data))
+
+    def _prepare_file(
+        self,
+        path: Path,
+        name: str | None,
+        kind: str | None,
+        tags: list[str],
+        base_model: str | None,
+    ) -> _Pending:
+        from conceptlib.registry.formats import read_embedding_file
+
+        parsed = read_embedding_file(path)
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise EmbeddingFileError(f"cannot read: {exc.strerror}", path=str(path)) from None
+        sidecar = read_sidecars(path)
+        stem = _stem(path)
+        if name:
+            final_name = validate_name(name)
+        elif stem.lower().startswith("learned_embeds") and parsed.token:
+            final_name = derive_name(strip_brackets(parsed.token))
+        elif stem.lower().startswith("learned_embeds"):
+            final_name = derive_name(path.parent.name or stem)
+        else:
+            final_name = derive_name(stem)
+        token = parsed.token if parsed.token else final_name
+        try:
+            token = validate_token(token)
+        except InvalidName:
+            token = final_name
+        if name and parsed.token is None:
+            token = final_name
+        all_tags = sorted(set(tags) | {validate_tag(t) for t in sidecar.tags if _tag_ok(t)})
+        extra: dict[str, Any] = {"format": parsed.format, "container": parsed.container}
+        if parsed.metadata:
+            extra["file_metadata"] = _json_safe(parsed.metadata)
+        if parsed.name_hint and parsed.name_hint != final_name:
+            extra["name_in_file"] = parsed.name_hint
+        if sidecar.trained_words:
+            extra["trained_words"] = sidecar.trained_words
+        if sidecar.notes:
+            extra["notes"] = sidecar.notes
+        previews: list[tuple[str, str, str, int]] = []
+        if sidecar.preview is not None:
+            fname, pdata = sidecar.preview
+            extra["__preview_data_0"] = pdata
+            previews.append((fname, "preview", "", len(pdata)))
+        canonical = parsed.embedding.canonical_bytes()
+        return _Pending(
+            embedding=parsed.embedding,
+            name=final_name,
+            token=token,
+            kind=kind or sidecar.kind or Kind.OTHER.value,
+            source=sidecar.source or Source.FILE.value,
+            source_ref=str(path.resolve()),
+            file_sha256=hashlib.sha256(data).hexdigest(),
+            tensor_sha256=sha256_hex(canonical),
+            base_model=base_model or sidecar.base_model,
+            description=sidecar.description,
+            tags=all_tags,
+            previews=previews,
+            extra=extra,
+            path=str(path),
+        )
+
+    # ------------------------------------------------------------------ changing
+
+    def tag(self, name: str, add: Sequence[str] = (), remove: Sequence[str] = ()) -> EmbeddingInfo:
+        """Add and remove tags of one entry."""
+        from sqlmodel import select
+
+        from conceptlib.catalog import dialect
+        from conceptlib.catalog.models import EmbeddingRow, EmbeddingTagRow, TagRow, utcnow
+
+        info = self.get(name)
+        add_t = [validate_tag(t) for t in add]
+        rem_t = [normalize_tag(t) for t in remove]
+        missing = [t for t in rem_t if t not in info.tags]
+        if missing:
+            raise NotFound(
+                f"{info.name!r} has no tag {missing[0]!r}; its tags: {', '.join(info.tags) or 'none'}"
+            )
+        with self.catalog.write() as session:
+            for t in add_t:
+                if t in info.tags:
+                    continue
+                tid = self._tag_id(session, TagRow, t)
+                session.add(EmbeddingTagRow(embedding_id=info.id, tag_id=tid))
+            for t in rem_t:
+                row = session.exec(select(TagRow).where(TagRow.name == t)).first()
+                if row is not None:
+                    link = session.get(EmbeddingTagRow, (info.id, row.id))
+                    if link is not None:
+                        session.delete(link)
+            er = session.get(EmbeddingRow, info.id)
+            er.updated_at = utcnow()
+            session.flush()
+            dialect.refresh_fts(session.connection(), self.catalog.dialect_name, info.id)
+        return self.get(info.name)
+
+    def update(
+        self,
+        name: str,
+        *,
+        description: str | None = None,
+        kind: str | None = None,
+        license: str | None = None,
+        base_model: str | None = None,
+    ) -> EmbeddingInfo:
+        """Change descriptive fields of one entry."""
+        from conceptlib.catalog import dialect
+        from conceptlib.catalog.models import EmbeddingRow, utcnow
+
+        info = self.get(name)
+        with self.catalog.write() as session:
+            row = session.get(EmbeddingRow, info.id)
+            if description is not None:
+                row.description = description
+            if kind is not None:
+                row.kind = Kind(kind).value
+            if license is not None:
+                row.license = license
+            if base_model is not None:
+                row.base_model = base_model
+            row.updated_at = utcnow()
+            session.flush()
+            dialect.refresh_fts(session.connection(), self.catalog.dialect_name, info.id)
+        return self.get(info.name)
+
+    def rename(self, old: str, new: str) -> EmbeddingInfo:
+        """Rename an entry; a token equal to the old name follows it."""
+        from conceptlib.catalog import dialect
+        from conceptlib.catalog.models import EmbeddingRow, utcnow
+
+        info = self.get(old)
+        new_name = validate_name(new)
+        follow = name_key(info.token) == name_key(info.name)
+        new_token = new_name if follow else info.token
+        with self.reader() as r:
+            self._check_handles(r, new_name, new_token, info.num_vectors, {}, info.name)
+        with self.catalog.write() as session:
+            row = session.get(EmbeddingRow, info.id)
+            row.name, row.name_key = new_name, name_key(new_name)
+            row.token, row.token_key = new_token, name_key(new_token)
+            row.updated_at = utcnow()
+            session.flush()
+            dialect.refresh_fts(session.connection(), self.catalog.dialect_name, info.id)
+        return self.get(new_name)
+
+    def remove(self, name: str) -> EmbeddingInfo:
+        """Delete an entry (rows first, then blobs nothing else uses)."""
+        from conceptlib.catalog import dialect
+        from conceptlib.catalog.models import EmbeddingRow
+
+        info = self.get(name)
+        with self.catalog.write() as session:
+            row = session.get(EmbeddingRow, info.id)
+            dialect.delete_fts(session.connection(), self.catalog.dialect_name, info.id)
+            session.delete(row)
+        referenced = self._referenced_blobs()
+        for sha in [info.tensor_sha256] + [p.sha256 for p in info.previews]:
+            if sha not in referenced:
+                self.store.remove(sha)
+        return info
+
+    def record_sync(self, name: str, sync: SyncInfo) -> None:
+        """Record Hub sync state (a push or pull of ``name``)."""
+        from conceptlib.catalog.models import HubSyncRow
+
+        info = self.get(name)
+        with self.catalog.write() as session:
+            session.add(
+                HubSyncRow(
+                    embedding_id=info.id,
+                    repo_id=sync.repo_id,
+                    revision=sync.revision,
+                    commit_sha=sync.commit_sha,
+                    direction=sync.direction,
+                    filename=sync.filename,
+                )
+            )
+
+    def add_previews(self, name: str, previews: Sequence[Preview]) -> EmbeddingInfo:
+        from conceptlib.catalog.models import PreviewRow
+
+        info = self.get(name)
+        rows = []
+        for p in previews:
+            sha = self.store.put(p.data)
+            rows.append((_safe_filename(p.filename), p.role, sha, len(p.data)))
+        with self.catalog.write() as session:
+            for filename, role, sha, size in rows:
+                session.add(
+                    PreviewRow(
+                        embedding_id=info.id, filename=filename, role=role, sha256=sha, size=size
+                    )
+                )
+        return self.get(info.name)
+
+    # ------------------------------------------------------------------ export
+
+    def export(
+        self, name: str, fmt: str, out: str | os.PathLike[str], *, overwrite: bool = False
+    ) -> list[Path]:
+        """Write an entry in one of the formats UIs read.
+
+        ``fmt``: ``a1111-pt``, ``safetensors`` (``emb_params``; SDXL as ``{clip_l, clip_g}``),
+        ``diffusers`` (``learned_embeds.safetensors`` keyed by token) or ``sdxl``.
+        ``out`` is a folder (files named after the entry) or, for one-file formats, a file.
+        """
+        from conceptlib.registry.formats import WRITE_FORMATS, write_embedding
+
+        if fmt not in WRITE_FORMATS:
+            raise UsageError(
+                f"unknown export format {fmt!r}; expected one of {', '.join(WRITE_FORMATS)}"
+            )
+        info = self.get(name)
+        emb = self.load(info)
+        files = write_embedding(emb, fmt, name=info.name, token=info.token)
+        out_path = Path(out).expanduser()
+        if len(files) == 1 and not out_path.is_dir() and out_path.suffix:
+            targets = {out_path: next(iter(files.values()))}
+        else:
+            targets = {out_path / rel: data for rel, data in files.items()}
+        if not overwrite:
+            clashes = [str(p) for p in targets if p.exists()]
+            if clashes:
+                raise UsageError(
+                    f"{clashes[0]} already exists", hint="pass --overwrite to replace it"
+                )
+        for p, data in targets.items():
+            atomic_write(p, data)
+        return list(targets)
+
+    # ------------------------------------------------------------------ maintenance
+
+    def _referenced_blobs(self) -> set[str]:
+        with self.reader() as r:
+            rows = r._exec("SELECT tensor_sha256 FROM embedding UNION SELECT sha256 FROM preview")
+        return {x[0] for x in rows}
+
+    def verify(self, *, on_progress: ProgressCallback | None = None) -> VerifyReport:
+        """Check every blob against its hash, and the database's integrity."""
+        from conceptlib.catalog import dialect
+
+        report = VerifyReport()
+        try:
+            with self.catalog.read() as conn:
+                report.problems += dialect.integrity_problems(conn, self.catalog.dialect_name)
+        except ConceptlibError as exc:
+            report.problems.append(exc.message)
+        if report.problems:
+            report.integrity = "failed"
+        with self.reader() as r:
+            rows = r._exec(
+                "SELECT name, tensor_sha256, 'embedding' FROM embedding UNION ALL "
+                "SELECT e.name, p.sha256, 'preview ' || p.filename FROM preview p "
+                "JOIN embedding e ON e.id = p.embedding_id"
+            )
+        total = len(rows)
+        referenced = set()
+        for i, (ename, sha, what) in enumerate(rows):
+            referenced.add(sha)
+            problem = self.store.check(sha)
+            report.checked_blobs += 1
+            if problem:
+                report.problems.append(f"{ename}: {what} blob {sha[:12]} is {problem}")
+            if on_progress:
+                on_progress(i + 1, total, ename)
+        report.orphan_blobs = [s for s in self.store.iter_blobs() if s not in referenced]
+        return report
+
+    def gc(self, *, dry_run: bool = False) -> list[str]:
+        """Remove blobs no row names, and temp files left by interrupted writes."""
+        referenced = self._referenced_blobs()
+        removed = [s for s in self.store.iter_blobs() if s not in referenced]
+        temps = list(self.store.iter_temp_files())
+        if not dry_run:
+            # Re-read the references right before deleting: a concurrent import may
+            # have committed a row for a blob that looked orphaned a moment ago.
+            referenced = self._referenced_blobs()
+            removed = [s for s in removed if s not in referenced]
+            for s in removed:
+                self.store.remove(s)
+            for t in temps:
+                with suppress(OSError):
+                    t.unlink()
+        return removed + [str(t.name) for t in temps]
+
+    def dump(self) -> dict[str, Any]:
+        """A full dump of the catalog rows (for before/after comparisons in tests)."""
+        out: dict[str, Any] = {}
+        with self.reader() as r:
+            for table in (
+                "embedding",
+                "tag",
+                "embedding_tag",
+                "preview",
+                "embedding_source",
+                "training_run",
+                "hub_sync",
+            ):
+                out[table] = sorted(map(repr, r._exec(f"SELECT * FROM {table}")))
+        return out
+
+
+def _safe_filename(name: str) -> str:
+    base = os.path.basename(name.replace("\\", "/")) or "preview.png"
+    return derive_name(base)
+
+
+def _tag_ok(t: str) -> bool:
+    try:
+        validate_tag(t)
+        return True
+    except InvalidName:
+        return False
+
+
+def _json_safe(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
+
+
+def _stem(path: Path) -> str:
+    name = path.name
+    for suffix in (".safetensors", ".pt", ".bin", ".ckpt", ".png", ".webp"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
+# --------------------------------------------------------------------------- files and sidecars
+
+
+def _is_sidecar(p: Path) -> bool:
+    low = p.name.lower()
+    if low.startswith("."):
+        return True
+    return any(low.endswith(s) for s in SIDECAR_SUFFIXES)
+
+
+def _is_companion(p: Path) -> bool:
+    """``learned_embeds_2.safetensors`` is read together with its pair."""
+    low = p.name.lower()
+    if low.startswith("learned_embeds_2."):
+        return any(p.parent.glob("learned_embeds.*"))
+    return False
+
+
+def collect_files(paths: Iterable[str | os.PathLike[str]], *, recursive: bool) -> Iterator[Path]:
+    """Expand folders into candidate embedding files (sidecars and previews skipped).
+
+    A plain image inside a folder is skipped unless it carries an embedding chunk; a
+    path given explicitly is always tried.
+    """
+    for raw in paths:
+        p = Path(raw).expanduser()
+        if p.is_dir():
+            it = p.rglob("*") if recursive else p.iterdir()
+            for f in sorted(it):
+                if not f.is_file() or _is_sidecar(f) or _is_companion(f):
+                    continue
+                if any(part.startswith(".") for part in f.relative_to(p).parts):
+                    continue
+                if f.suffix.lower() in IMAGE_SUFFIXES and not _image_has_embedding(f):
+                    continue
+                yield f
+        elif p.exists():
+            yield p
+        else:
+            # Reported per file, never fatal for the rest.
+            yield p
+
+
+def _image_has_embedding(path: Path) -> bool:
+    try:
+        with path.open("rb") as f:
+            head = f.read(1 << 16)
+    except OSError:
+        return False
+    return b"sd-ti-embedding" in head or path.stat().st_size < (1 << 16) and False
+
+
+@dataclass
+class Sidecar:
+    description: str | None = None
+    notes: str | None = None
+    tags: list[str] = field(default_factory=list)
+    trained_words: list[str] = field(default_factory=list)
+    base_model: str | None = None
+    kind: str | None = None
+    source: str | None = None
+    preview: tuple[str, bytes] | None = None
+
+
+def read_sidecars(path: Path) -> Sidecar:
+    """Pick up ``<name>.preview.png``, A1111 ``<name>.json`` and Civitai ``<name>.civitai.info``."""
+    sc = Sidecar()
+    stem = _stem(path)
+    folder = path.parent
+    preview = folder / f"{stem}.preview.png"
+    if preview.is_file():
+        try:
+            data = preview.read_bytes()
+            if data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) < 32 * 1024 * 1024:
+                sc.preview = (preview.name, data)
+        except OSError:
+            pass
+    meta = folder / f"{stem}.json"
+    if meta.is_file():
+        d = _read_json(meta)
+        if isinstance(d, dict):
+            desc = d.get("description")
+            sc.description = str(desc) if desc else None
+            notes = d.get("notes")
+            sc.notes = str(notes) if notes else None
+            words = d.get("activation text")
+            if isinstance(words, str) and words.strip():
+                sc.trained_words = [w.strip() for w in words.split(",") if w.strip()]
+            bm = d.get("sd version")
+            if isinstance(bm, str) and bm and bm.lower() != "unknown":
+                sc.base_model = bm
+    info = folder / f"{stem}.civitai.info"
+    if info.is_file():
+        d = _read_json(info)
+        if isinstance(d, dict):
+            sc.source = Source.CIVITAI.value
+            if isinstance(d.get("baseModel"), str):
+                sc.base_model = d["baseModel"]
+            words = d.get("trainedWords")
+            if isinstance(words, list):
+                sc.trained_words = [str(w) for w in words if isinstance(w, (str, int))]
+            model = d.get("model") if isinstance(d.get("model"), dict) else {}
+            tags = d.get("tags") or model.get("tags") or []
+            if isinstance(tags, list):
+                sc.tags = [t if isinstance(t, str) else str(t.get("name", "")) for t in tags if t]
+            desc = d.get("description") or model.get("description")
+            if isinstance(desc, str) and desc and not sc.description:
+                sc.description = _strip_html(desc)
+            lowered = {t.lower() for t in sc.tags}
+            if "negative" in lowered or "negative embedding" in lowered:
+                sc.kind = Kind.NEGATIVE.value
+            elif "style" in lowered:
+                sc.kind = Kind.STYLE.value
+    return sc
+
+
+def _read_json(p: Path) -> Any:
+    try:
+        if p.stat().st_size > 4 * 1024 * 1024:
+            return None
+        return json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _strip_html(text: str) -> str:
+    import re
+
+    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", text)).strip()
+
+
+__all__ = ["Library", "StoreError", "collect_files", "read_sidecars"]

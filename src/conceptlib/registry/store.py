@@ -1,0 +1,155 @@
+"""The content-addressed blob store.
+
+One file per blob, named by the SHA-256 of its bytes, under ``store/ab/abcdef...``.
+Writes are atomic: a temp file in the same folder, fsync, rename, fsync of the
+folder. A blob is always written before the catalog row that names it, so a crash
+leaves at worst an orphan blob (removed by ``gc``), never a row without its blob.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+from conceptlib.errors import BlobCorrupt, DiskFull, StoreError
+
+TMP_PREFIX = ".tmp-"
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, data: bytes, *, fsync: bool = True) -> None:
+    """Write ``data`` to ``path`` atomically; on any error no partial file is visible."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f"{TMP_PREFIX}{secrets.token_hex(6)}-{path.name}"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            view = memoryview(data)
+            while view:
+                n = os.write(fd, view)
+                view = view[n:]
+            if fsync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DiskFull(
+                f"no space left writing {path.name} ({len(data)} bytes)",
+                hint="free some disk space and run the command again; nothing was changed",
+            ) from None
+        raise StoreError(f"could not write {path}: {exc.strerror or exc}") from None
+    if fsync:
+        _fsync_dir(path.parent)
+
+
+class BlobStore:
+    """Blobs named by their SHA-256 under ``root``."""
+
+    def __init__(self, root: Path, *, fsync: bool = True) -> None:
+        self.root = Path(root)
+        self.fsync = fsync
+
+    def path(self, sha256: str) -> Path:
+        return self.root / sha256[:2] / sha256
+
+    def has(self, sha256: str) -> bool:
+        return self.path(sha256).is_file()
+
+    def put(self, data: bytes, sha256: str | None = None) -> str:
+        """Store ``data``; returns its SHA-256. An existing intact blob is kept as is."""
+        digest = hashlib.sha256(data).hexdigest()
+        if sha256 is not None and sha256 != digest:
+            raise StoreError(f"blob hash mismatch: expected {sha256}, data hashes to {digest}")
+        target = self.path(digest)
+        if target.is_file():
+            try:
+                if target.stat().st_size == len(data):
+                    return digest
+            except OSError:
+                pass
+        atomic_write(target, data, fsync=self.fsync)
+        return digest
+
+    def get(self, sha256: str, *, verify: bool = True) -> bytes:
+        """Read a blob; with ``verify`` its hash is checked and a mismatch refused."""
+        p = self.path(sha256)
+        try:
+            data = p.read_bytes()
+        except FileNotFoundError:
+            raise BlobCorrupt(
+                f"blob {sha256[:12]} is missing from the store ({p})",
+                hint="run `conceptlib verify`; re-import the embedding to restore it",
+            ) from None
+        except OSError as exc:
+            raise StoreError(f"could not read blob {sha256[:12]}: {exc.strerror}") from None
+        if verify:
+            found = hashlib.sha256(data).hexdigest()
+            if found != sha256:
+                raise BlobCorrupt(
+                    f"blob {sha256[:12]} was altered on disk: it hashes to {found[:12]}",
+                    hint="run `conceptlib verify`; re-import the embedding to restore it",
+                )
+        return data
+
+    def check(self, sha256: str) -> str | None:
+        """``None`` when the blob is present and intact, else a description of the problem."""
+        p = self.path(sha256)
+        if not p.is_file():
+            return "missing"
+        h = hashlib.sha256()
+        with p.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        found = h.hexdigest()
+        return None if found == sha256 else f"altered (hashes to {found[:12]})"
+
+    def remove(self, sha256: str) -> bool:
+        try:
+            self.path(sha256).unlink()
+            return True
+        except FileNotFoundError:
+            return False
+
+    def iter_blobs(self) -> Iterator[str]:
+        if not self.root.is_dir():
+            return
+        for sub in sorted(self.root.iterdir()):
+            if not sub.is_dir() or len(sub.name) != 2:
+                continue
+            for f in sorted(sub.iterdir()):
+                if f.is_file() and not f.name.startswith(TMP_PREFIX) and len(f.name) == 64:
+                    yield f.name
+
+    def iter_temp_files(self) -> Iterator[Path]:
+        if not self.root.is_dir():
+            return
+        for sub in self.root.iterdir():
+            if sub.is_dir():
+                yield from (f for f in sub.iterdir() if f.name.startswith(TMP_PREFIX))
+
+    def listing(self) -> list[str]:
+        """Every file under the store (relative paths), for before/after comparisons."""
+        if not self.root.is_dir():
+            return []
+        return sorted(str(p.relative_to(self.root)) for p in self.root.rglob("*") if p.is_file())

@@ -1,0 +1,61 @@
+"""Shared fixtures. Tests never touch the real home or the network."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(tmp_path, monkeypatch):
+    home = tmp_path / "conceptlib-home"
+    monkeypatch.setenv("CONCEPTLIB_HOME", str(home))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+    monkeypatch.delenv("CONCEPTLIB_DATABASE_URL", raising=False)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setenv("CONCEPTLIB_BUSY_TIMEOUT", "10")
+    yield home
+
+
+@pytest.fixture
+def lib(_isolated_home):
+    from conceptlib.registry.library import Library
+
+    library = Library.open()
+    yield library
+    library.close()
+
+
+def make_embedding(family: str = "sd1", n: int = 1, seed: int = 0):
+    from conceptlib.registry.samples import sample_embedding
+
+    return sample_embedding(family, n, seed)
+
+
+@pytest.fixture
+def emb_factory():
+    return make_embedding
+
+
+def snapshot(home) -> tuple:
+    """The catalog dump and the store listing, for before/after comparisons."""
+    from conceptlib.registry.library import Library
+    from conceptlib.registry.store import BlobStore
+
+    with Library.open(home) as library:
+        dump = library.dump()
+    store = BlobStore(home / "store").listing()
+    return dump, store
+
+
+@pytest.fixture
+def catalog_snapshot():
+    return snapshot
+
+
+def pytest_configure(config):
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    np.set_printoptions(precision=4)
