@@ -22,6 +22,7 @@ from conceptlib.schemas.enums import FAMILY_SLOTS, SLOT_WIDTH, WIDTH_SLOT, Famil
 # Real CLIP token embeddings have per-vector L2 norms of roughly 0.3-1.5 (SD 1.x)
 # and trained textual-inversion vectors rarely exceed ~20; far outside that range
 # the file is kept but flagged.
+SLOT_ORDER = ("clip_l", "clip_h", "clip_g")
 NORM_LOW = 1e-3
 NORM_HIGH = 200.0
 
@@ -154,11 +155,12 @@ class Embedding:
 
     @property
     def dims(self) -> list[int]:
-        return [int(self.vectors[s].shape[1]) for s in sorted(self.vectors)]
+        """Widths in encoder order (clip_l, clip_h, clip_g): SDXL is ``[768, 1280]``."""
+        return [int(self.vectors[s].shape[1]) for s in self.slots]
 
     @property
     def slots(self) -> list[str]:
-        return sorted(self.vectors)
+        return [s for s in SLOT_ORDER if s in self.vectors]
 
     def canonical_bytes(self) -> bytes:
         """The canonical safetensors serialization (sorted slots, float32, no metadata)."""

@@ -1,0 +1,161 @@
+"""The catalog: migrations, SQLite settings, search."""
+
+import sqlite3
+import threading
+import time
+
+import pytest
+from sqlalchemy import inspect
+
+from conceptlib.catalog import migrations
+from conceptlib.catalog.db import Catalog
+from conceptlib.catalog.query import SCHEMA_VERSION
+from conceptlib.registry.library import Library
+
+
+def test_schema_version_constant_matches_migrations():
+    assert SCHEMA_VERSION == migrations.LATEST
+    assert [m.version for m in migrations.MIGRATIONS] == list(range(1, migrations.LATEST + 1))
+
+
+def test_fresh_catalog_records_every_migration(tmp_path):
+    cat = Catalog(f"sqlite:///{tmp_path / 'c.db'}")
+    assert cat.migrate() == [1, 2, 3]
+    assert cat.migrate() == []
+    con = sqlite3.connect(tmp_path / "c.db")
+    rows = con.execute("SELECT version, name FROM schema_migrations ORDER BY version").fetchall()
+    assert [r[0] for r in rows] == [1, 2, 3]
+    assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_models_match_migrated_schema(tmp_path):
+    from sqlmodel import SQLModel
+
+    import conceptlib.catalog.models  # noqa: F401  (registers the tables)
+
+    cat = Catalog(f"sqlite:///{tmp_path / 'c.db'}")
+    cat.migrate()
+    insp = inspect(cat.engine)
+    for table in SQLModel.metadata.sorted_tables:
+        migrated = {c["name"] for c in insp.get_columns(table.name)}
+        modelled = {c.name for c in table.columns}
+        assert modelled == migrated, table.name
+
+
+def test_upgrade_from_first_schema_keeps_rows_and_indexes_them(tmp_path):
+    url = f"sqlite:///{tmp_path / 'catalog.db'}"
+    cat = Catalog(url)
+    assert cat.migrate(target=1) == [1]
+    con = sqlite3.connect(tmp_path / "catalog.db")
+    con.execute(
+        "INSERT INTO embedding (name, name_key, token, token_key, kind, family, num_vectors, dims,"
+        " tensor_sha256, file_sha256, source, description, created_at, updated_at) VALUES "
+        "('old-one', 'old-one', 'old-one', 'old-one', 'style', 'sd1', 1, '768', ?, ?, 'file',"
+        " 'an old watercolor', '2024-01-01T00:00:00.000000Z', '2024-01-01T00:00:00.000000Z')",
+        ("a" * 64, "b" * 64),
+    )
+    con.commit()
+    con.close()
+    cat.dispose()
+    lib = Library.open(tmp_path)  # migrates 2 and 3 on open
+    info = lib.get("old-one")
+    assert info.version == 1 and info.parents == [] and info.base_model_fingerprint is None
+    assert [e.name for e in lib.search("watercolor")] == ["old-one"]
+    assert lib.catalog.schema_version() == migrations.LATEST
+    lib.close()
+
+
+def test_foreign_keys_cascade(lib, emb_factory):
+    from conceptlib.schemas.records import Preview
+
+    lib.add_embedding(emb_factory(), name="a", tags=["t"], previews=[Preview("p.png", b"png")])
+    lib.remove("a")
+    dump = lib.dump()
+    assert dump["embedding_tag"] == [] and dump["preview"] == [] and dump["embedding_source"] == []
+
+
+def test_write_transactions_begin_immediate(lib):
+    """A second writer waits for the first instead of failing on lock upgrade."""
+    order = []
+
+    def slow_writer():
+        with lib.catalog.connection() as conn:
+            conn.exec_driver_sql("INSERT INTO tag (name) VALUES ('first')")
+            order.append("first-in")
+            time.sleep(0.3)
+        order.append("first-out")
+
+    t = threading.Thread(target=slow_writer)
+    t.start()
+    time.sleep(0.1)
+    with lib.catalog.connection() as conn:
+        order.append("second-in")
+        conn.exec_driver_sql("INSERT INTO tag (name) VALUES ('second')")
+    t.join()
+    assert order == ["first-in", "first-out", "second-in"]
+
+
+def test_search_filters(lib, emb_factory):
+    lib.add_embedding(
+        emb_factory("sd1", 1, 1),
+        name="wash",
+        kind="style",
+        tags=["style", "watercolor"],
+        description="soft watercolor washes",
+    )
+    lib.add_embedding(
+        emb_factory("sdxl", 2, 2),
+        name="neon-xl",
+        kind="style",
+        tags=["style"],
+        description="neon city",
+    )
+    lib.add_embedding(emb_factory("sd2", 1, 3), name="golem", kind="object", source="hub")
+    lib.add_embedding(
+        emb_factory("sd1", 4, 4), name="bad-hands", kind="negative", tags=["negative"]
+    )
+    names = lambda xs: [x.name for x in xs]  # noqa: E731
+    assert names(lib.search("watercolor")) == ["wash"]
+    assert names(lib.search("water")) == ["wash"]  # prefix
+    assert names(lib.search("soft wash")) == ["wash"]  # every word
+    assert names(lib.search("neon")) == ["neon-xl"]
+    assert names(lib.search(tags=["style"])) == ["neon-xl", "wash"]
+    assert names(lib.search(tags=["style", "watercolor"])) == ["wash"]
+    assert names(lib.search(tags=["STYLE"], family="sdxl")) == ["neon-xl"]
+    assert names(lib.search(kind="negative")) == ["bad-hands"]
+    assert names(lib.search(source="hub")) == ["golem"]
+    assert names(lib.search(compatible_with="sdxl")) == ["bad-hands", "neon-xl", "wash"]
+    assert names(lib.search(compatible_with="sd2")) == ["golem"]
+    assert names(lib.search(compatible_with="sd1")) == ["bad-hands", "wash"]
+    assert names(lib.search("neon", tags=["negative"])) == []
+    assert names(lib.search("'\"*( AND OR")) == []  # FTS syntax is escaped, never an error
+
+
+def test_tags_update_full_text_index(lib, emb_factory):
+    lib.add_embedding(emb_factory(), name="plain")
+    assert lib.search("impressionist") == []
+    lib.tag("plain", add=["impressionist"])
+    assert [e.name for e in lib.search("impressionist")] == ["plain"]
+    lib.tag("plain", remove=["impressionist"])
+    assert lib.search("impressionist") == []
+    lib.rename("plain", "renamed")
+    assert [e.name for e in lib.search("renamed")] == ["renamed"]
+    assert lib.verify().ok
+
+
+@pytest.mark.parametrize("n", [1])
+def test_dialect_is_the_only_place_with_sqlite_sql(n):
+    """FTS5/PRAGMA appear only in catalog/dialect.py (and the read-only fast path)."""
+    import pathlib
+
+    root = pathlib.Path(__file__).parents[1] / "src" / "conceptlib"
+    offenders = []
+    for p in root.rglob("*.py"):
+        if p.name in ("dialect.py",):
+            continue
+        text = p.read_text()
+        for needle in ("fts5", "MATCH ?", "PRAGMA integrity", "BEGIN IMMEDIATE", "group_concat"):
+            if needle in text:
+                offenders.append(f"{p.name}: {needle}")
+    allowed = {"query.py: PRAGMA integrity"}
+    assert [o for o in offenders if o not in allowed] == []
