@@ -40,7 +40,8 @@ def import_cmd(
 
     One bad file never stops the rest; the summary says what was imported, what was
     already present (and as which entry), and what was rejected and why. The exit
-    status is 0 when nothing was rejected, 3 otherwise.
+    status is 0 when nothing was rejected, 3 otherwise; a single file that is
+    rejected exits with its own error's status (e.g. 4 for an unsafe pickle).
 
     \b
     Examples:
@@ -62,6 +63,9 @@ def import_cmd(
             )
     finally:
         lib.close()
+    if len(report.outcomes) == 1 and report.rejected and report.rejected[0].exception:
+        # One file: its own error, one line and its class's exit status.
+        raise report.rejected[0].exception
     if as_json:
         print_json(report.to_dict())
     else:

@@ -12,20 +12,17 @@ def embeddings_table(infos: Sequence[EmbeddingInfo], title: str | None = None): 
 
     table = Table(title=title, show_lines=False, header_style="bold")
     table.add_column("name", style="cyan", no_wrap=True)
-    table.add_column("token")
     table.add_column("kind")
     table.add_column("family")
     table.add_column("vec", justify="right")
     table.add_column("source")
     table.add_column("tags")
-    table.add_column("hash", style="dim")
+    table.add_column("hash", style="dim", no_wrap=True)
     for e in infos:
-        fam = e.family + (" (+sdxl partial)" if e.family == "sd1" else "")
         table.add_row(
             e.name,
-            e.token if e.token != e.name else "",
             e.kind,
-            fam,
+            e.family,
             str(e.num_vectors),
             e.source,
             ", ".join(e.tags),

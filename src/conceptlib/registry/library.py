@@ -603,6 +603,7 @@ class Library:
             except ConceptlibError as exc:
                 outcome.status, outcome.reason, outcome.error = "rejected", exc.message, exc.code
                 outcome.existing = getattr(exc, "existing", None)
+                outcome.exception = exc
             report.outcomes.append(outcome)
             if len(batch) >= IMPORT_BATCH:
                 self._flush(batch)

@@ -139,9 +139,11 @@ class ImportOutcome:
     reason: str | None = None
     error: str | None = None
     tensor_sha256: str | None = None
+    exception: Exception | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = {k: v for k, v in self.__dict__.items() if k != "exception"}
+        return d
 
 
 @dataclass

@@ -1,0 +1,251 @@
+"""``compose`` and ``blend``, plus the body of ``export --for-prompt``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from conceptlib.cli.common import console, echo_err, json_option, open_library, print_json
+
+UI_FORMATS = ["a1111", "comfyui", "invokeai", "diffusers"]
+
+
+@click.command("compose")
+@click.argument("prompt")
+@click.option("--negative", "negative", default=None, help="Negative prompt (same syntax).")
+@click.option(
+    "--base",
+    default=None,
+    help="Base model: tiny-sd1, tiny-sdxl, a diffusers folder, a .safetensors checkpoint "
+    "or a repo id in the Hugging Face cache. Needed unless --format is given.",
+)
+@click.option("--steps", default=20, show_default=True, type=int, help="Denoising steps.")
+@click.option(
+    "--guidance", default=7.5, show_default=True, type=float, help="Classifier-free guidance."
+)
+@click.option("--seed", default=None, type=int, help="Seed of the first image (then +1 each).")
+@click.option("-n", "n", default=1, show_default=True, type=int, help="Number of images.")
+@click.option(
+    "-o",
+    "--output",
+    "out",
+    default="compose.png",
+    show_default=True,
+    type=click.Path(dir_okay=False, path_type=str),
+    help="PNG to write; with -n N: NAME-1.png ... NAME-N.png.",
+)
+@click.option("--width", default=None, type=int, help="Image width (default: the model's).")
+@click.option("--height", default=None, type=int, help="Image height (default: the model's).")
+@click.option("--device", default="auto", show_default=True, help="cpu, cuda or auto.")
+@click.option("--strict", is_flag=True, help="Refuse SD 1.x embeddings on SDXL (else: warn).")
+@click.option(
+    "--dry-run", is_flag=True, help="Check and show the expanded prompts; load no model."
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(UI_FORMATS),
+    default=None,
+    help="Print the prompt in this UI's syntax instead of generating.",
+)
+@click.option("--overwrite", is_flag=True, help="Replace existing output files.")
+@json_option
+def compose_cmd(
+    prompt: str,
+    negative: str | None,
+    base: str | None,
+    steps: int,
+    guidance: float,
+    seed: int | None,
+    n: int,
+    out: str,
+    width: int | None,
+    height: int | None,
+    device: str,
+    strict: bool,
+    dry_run: bool,
+    fmt: str | None,
+    overwrite: bool,
+    as_json: bool,
+) -> None:
+    """Generate images from a prompt that names embeddings as <name> or <name:weight>.
+
+    Names resolve through the catalog (name, then trigger token). The weight scales
+    the vectors. Write \\< for a literal '<'. Each PNG carries A1111-style
+    infotext: prompt, negative prompt, seed, base-model hash and TI hashes.
+
+    \b
+    Examples:
+      conceptlib compose "a photo of <cat-toy> in <ukiyoe-print:0.8> style" \\
+          --negative "<easynegative>" --base ./sd15 --seed 42 -o out.png
+      conceptlib compose "a <cat-toy>" --base tiny-sd1 --steps 4 -n 2
+      conceptlib compose "a <cat-toy>" --base ./sdxl --dry-run
+      conceptlib compose "a <cat-toy:1.2>" --format comfyui
+    """
+    with open_library() as lib:
+        if fmt is not None:
+            from conceptlib.compose.compose import format_prompts
+
+            rendered = format_prompts(lib, prompt, negative, fmt)
+            if as_json:
+                print_json(rendered.to_dict())
+                return
+            click.echo(rendered.prompt)
+            if rendered.negative is not None:
+                click.echo(f"Negative prompt: {rendered.negative}")
+            for note in rendered.notes:
+                echo_err(f"note: {note}")
+            return
+
+        from conceptlib.compose.compose import compose
+
+        result = compose(
+            prompt,
+            negative,
+            base=base,
+            library=lib,
+            steps=steps,
+            guidance=guidance,
+            seed=seed,
+            n=n,
+            out=out,
+            strict=strict,
+            dry_run=dry_run,
+            width=width,
+            height=height,
+            device=device,
+            overwrite=overwrite,
+        )
+    if as_json:
+        print_json(result.to_dict())
+        return
+    for w in result.warnings:
+        echo_err(f"warning: {w}")
+    _render_compose(result)
+
+
+def _render_compose(result: Any) -> None:
+    from rich.table import Table
+
+    out = console()
+    if result.dry_run:
+        out.print("[bold]dry run[/bold]: no model loaded, nothing written")
+    out.print(f"[bold]prompt[/bold]    {_esc(result.expanded_prompt)}")
+    if result.expanded_negative is not None:
+        out.print(f"[bold]negative[/bold]  {_esc(result.expanded_negative)}")
+    if result.base:
+        fam = result.base_family or "family unknown until loaded"
+        out.print(f"[bold]base[/bold]      {_esc(result.base)} ({fam})")
+    for b in result.budgets:
+        out.print(f"[bold]tokens[/bold]    {b.which}: {_esc(b.summary())}")
+    if result.embeddings:
+        table = Table(box=None, pad_edge=False)
+        for col in ("name", "weight", "vectors", "family", "fits", "hash", "token", "in"):
+            table.add_column(col)
+        for e in result.embeddings:
+            table.add_row(
+                _esc(e.name),
+                f"{e.weight:g}",
+                str(e.num_vectors),
+                e.family,
+                e.compatibility,
+                e.a1111_hash,
+                _esc(e.placeholder),
+                ", ".join(e.used_in),
+            )
+        out.print(table)
+    for path, seed in zip(result.images, result.seeds, strict=False):
+        out.print(f"wrote {_esc(str(path))} (seed {seed})")
+
+
+def _esc(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)
+
+
+@click.command("blend")
+@click.argument("new_name")
+@click.argument("parents", nargs=-1, required=True)
+@click.option(
+    "--resample",
+    type=click.Choice(["linear", "nearest", "none"]),
+    default="linear",
+    show_default=True,
+    help="How parents with fewer vectors are stretched to the row count; none refuses.",
+)
+@click.option("--rows", type=int, default=None, help="Vectors of the result (default: the most).")
+@click.option("--token", default=None, help="Trigger token of the result (default: its name).")
+@click.option("--tag", "tags", multiple=True, help="Tag for the result (repeatable).")
+@click.option("--description", default=None, help="Description of the result.")
+@json_option
+def blend_cmd(
+    new_name: str,
+    parents: tuple[str, ...],
+    resample: str,
+    rows: int | None,
+    token: str | None,
+    tags: tuple[str, ...],
+    description: str | None,
+    as_json: bool,
+) -> None:
+    """Blend embeddings of one family into a new one: NEW NAME:WEIGHT NAME:WEIGHT ...
+
+    The result is sum(weight * vectors), registered with its parents recorded
+    (hash, name, weight) so it can be traced and reproduced. Parents with
+    different vector counts are resampled to the largest (said in the output).
+    Without weights, parents get equal shares.
+
+    \b
+    Examples:
+      conceptlib blend catdog cat-toy:0.5 dog-toy:0.5
+      conceptlib blend soft-ink watercolor-wash:0.7 ukiyoe-print:0.3 --resample nearest
+      conceptlib blend mix a b c
+    """
+    from conceptlib.compose.blend import blend, parse_parents
+
+    pairs = parse_parents(parents)
+    with open_library() as lib:
+        result = blend(
+            lib,
+            new_name,
+            pairs,
+            resample=resample,
+            rows=rows,
+            token=token,
+            tags=tags,
+            description=description,
+        )
+    if as_json:
+        print_json(result.to_dict())
+        return
+    info = result.info
+    click.echo(
+        f"registered {info.name} ({info.family}, {info.num_vectors} vectors, "
+        f"{info.tensor_sha256[:12]}) from "
+        + ", ".join(f"{name} x{w:g}" for name, w in result.weights.items())
+    )
+    for note in result.notes:
+        click.echo(f"  {note}")
+
+
+def run_export_for_prompt(
+    prompt: str,
+    fmt: str,
+    out: str,
+    *,
+    negative: str | None = None,
+    overwrite: bool = False,
+    as_json: bool = False,
+) -> None:
+    """The body of ``conceptlib export --for-prompt PROMPT --format UI -o DIR``."""
+    from conceptlib.compose.export import export_for_prompt
+
+    with open_library() as lib:
+        paths = export_for_prompt(lib, prompt, fmt, out, negative=negative, overwrite=overwrite)
+    if as_json:
+        print_json({"prompt": prompt, "format": fmt, "files": [str(p) for p in paths]})
+    else:
+        for p in paths:
+            click.echo(str(p))
