@@ -262,7 +262,7 @@ def test_every_bad_file_is_refused_and_changes_nothing(tmp_path, lib, runner, ca
     folder.mkdir()
     before = catalog_snapshot(home)
     failures = []
-    for name, (data, cls, code, fragment) in cases(tmp_path).items():
+    for name, (data, _cls, code, fragment) in cases(tmp_path).items():
         path = folder / f"{name}.safetensors"
         path.write_bytes(data)
         res = runner.invoke(cli, ["import", str(path)])

@@ -210,7 +210,7 @@ def test_io_error_on_commit_rolls_back(lib, emb_factory, monkeypatch, catalog_sn
     def broken(*a, **k):
         raise sqlite3.OperationalError("disk I/O error")
 
-    monkeypatch.setattr(dialect, "refresh_fts", broken)
+    monkeypatch.setattr(dialect, "refresh_fts_many", broken)
     with pytest.raises(Exception) as exc:
         lib.add_embedding(emb_factory(), name="x")
     assert "disk I/O error" in str(exc.value)

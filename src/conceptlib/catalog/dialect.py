@@ -79,6 +79,24 @@ def refresh_fts(conn: Any, dialect_name: str, embedding_id: int) -> None:
     )
 
 
+def refresh_fts_many(conn: Any, dialect_name: str, ids: list[int]) -> None:
+    """Write the full-text rows of freshly inserted embeddings in two statements."""
+    if not is_sqlite(dialect_name) or not ids:
+        return
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        marks = ", ".join("?" for _ in chunk)
+        conn.exec_driver_sql(f"DELETE FROM {FTS_TABLE} WHERE rowid IN ({marks})", tuple(chunk))
+        conn.exec_driver_sql(
+            f"INSERT INTO {FTS_TABLE}(rowid, name, token, description, tags) "
+            "SELECT e.id, e.name, e.token, coalesce(e.description, ''), coalesce(("
+            "SELECT group_concat(name, ' ') FROM (SELECT t.name AS name FROM tag t "
+            "JOIN embedding_tag et ON et.tag_id = t.id WHERE et.embedding_id = e.id "
+            f"ORDER BY t.name)), '') FROM embedding e WHERE e.id IN ({marks})",
+            tuple(chunk),
+        )
+
+
 def delete_fts(conn: Any, dialect_name: str, embedding_id: int) -> None:
     if is_sqlite(dialect_name):
         conn.exec_driver_sql(f"DELETE FROM {FTS_TABLE} WHERE rowid = ?", (embedding_id,))

@@ -138,6 +138,12 @@ class Reader:
         infos = self._infos(rows, details=True)
         return infos[0] if infos else None
 
+    def handle(self, column: str, key: str) -> tuple[str, int] | None:
+        """``(name, num_vectors)`` of the entry whose ``column`` equals ``key`` (light)."""
+        assert column in ("name_key", "token_key", "tensor_sha256")
+        rows = self._exec(f"SELECT name, num_vectors FROM embedding WHERE {column} = ?", [key])
+        return (rows[0][0], int(rows[0][1])) if rows else None
+
     def by_file_sha256(self, sha: str) -> list[EmbeddingInfo]:
         rows = self._exec(
             "SELECT "

@@ -19,6 +19,9 @@ from conceptlib.cli.common import console, json_option, open_library, print_json
 @click.option("--tag", "tags", multiple=True, help="Tag every imported entry (repeatable).")
 @click.option("--base-model", help="Declared base model, e.g. 'SD 1.5' or a checkpoint name.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@click.option(
+    "-v", "--verbose", is_flag=True, help="List every file, also when more than 50 were imported."
+)
 @json_option
 def import_cmd(
     paths: tuple[str, ...],
@@ -28,6 +31,7 @@ def import_cmd(
     tags: tuple[str, ...],
     base_model: str | None,
     quiet: bool,
+    verbose: bool,
     as_json: bool,
 ) -> None:
     """Import embedding files and A1111 / ComfyUI / InvokeAI embedding folders.
@@ -69,21 +73,25 @@ def import_cmd(
     if as_json:
         print_json(report.to_dict())
     else:
-        _render(report)
+        _render(report, verbose)
     if report.rejected:
         raise SystemExit(3)
 
 
-def _render(report) -> None:  # noqa: ANN001
+def _render(report, verbose: bool) -> None:  # noqa: ANN001
     from rich.table import Table
 
     out = console()
-    if report.outcomes:
+    # Many files: list only what needs attention (present, rejected) unless --verbose.
+    shown = report.outcomes
+    if len(shown) > 50 and not verbose:
+        shown = [o for o in shown if o.status != "imported"]
+    if shown:
         table = Table(header_style="bold")
         table.add_column("file", overflow="fold")
         table.add_column("result")
         table.add_column("entry / reason", overflow="fold")
-        for o in report.outcomes:
+        for o in shown:
             if o.status == "imported":
                 table.add_row(o.path, "[green]imported[/green]", o.name or "")
             elif o.status == "present":

@@ -379,18 +379,21 @@ class Library:
     ) -> None:
         ex = name_key(exclude) if exclude else None
 
-        def clash(other: EmbeddingInfo | None) -> bool:
-            return other is not None and name_key(other.name) != ex
+        def find(column: str, key: str) -> tuple[str, int] | None:
+            hit = r.handle(column, key)
+            if hit is None or name_key(hit[0]) == ex:
+                return None
+            return hit
 
         nk, tk = name_key(new_name), name_key(token)
         for key, what in ((nk, "name"), (tk, "token")):
             for column in ("name_key", "token_key"):
-                other = r.by_key(column, key)
-                if clash(other):
+                other = find(column, key)
+                if other is not None:
+                    shown = new_name if what == "name" else token
                     raise NameCollision(
-                        f"the {what} {new_name if what == 'name' else token!r} is already used by "
-                        f"{other.name!r}",
-                        existing=other.name,
+                        f"the {what} {shown!r} is already used by {other[0]!r}",
+                        existing=other[0],
                         hint="choose another name with --name",
                     )
             if key in batch and batch[key] != new_name:
@@ -402,33 +405,35 @@ class Library:
         # foo_2 against a multi-vector foo (diffusers expands foo into foo, foo_1, ...).
         for key in {nk, tk, name_key(strip_brackets(token))}:
             split = split_expansion(key)
-            if split:
-                base, index = split
-                for column in ("name_key", "token_key"):
-                    for cand in (base, f"<{base}>"):
-                        other = r.by_key(column, cand)
-                        if clash(other) and other.num_vectors > index:
-                            raise NameCollision(
-                                f"{key!r} collides with {other.name!r}: it has "
-                                f"{other.num_vectors} vectors, which diffusers loads as "
-                                f"{base}, {base}_1, ... {base}_{other.num_vectors - 1}",
-                                existing=other.name,
-                                hint="choose a name that does not end in _<number>",
-                            )
+            if not split:
+                continue
+            base, index = split
+            for column in ("name_key", "token_key"):
+                for cand in (base, f"<{base}>"):
+                    other = find(column, cand)
+                    if other is not None and other[1] > index:
+                        raise NameCollision(
+                            f"{key!r} collides with {other[0]!r}: it has {other[1]} vectors, "
+                            f"which diffusers loads as {base}, {base}_1, ... {base}_{other[1] - 1}",
+                            existing=other[0],
+                            hint="choose a name that does not end in _<number>",
+                        )
         if n > 1:
             for base in {nk, name_key(strip_brackets(token))}:
                 for i in range(1, n):
                     for column in ("name_key", "token_key"):
-                        other = r.by_key(column, f"{base}_{i}")
-                        if clash(other):
+                        other = find(column, f"{base}_{i}")
+                        if other is not None:
                             raise NameCollision(
                                 f"{new_name!r} has {n} vectors, which diffusers loads as {base}, "
-                                f"{base}_1, ...; {other.name!r} already uses {base}_{i}",
-                                existing=other.name,
+                                f"{base}_1, ...; {other[0]!r} already uses {base}_{i}",
+                                existing=other[0],
                                 hint="choose another name with --name",
                             )
 
     def _commit(self, batch: Sequence[_Pending]) -> None:
+        """Insert a batch of prepared entries in one write transaction (Core inserts)."""
+        from sqlalchemy import insert, select
         from sqlalchemy.exc import IntegrityError
 
         from conceptlib.catalog import dialect
@@ -439,82 +444,113 @@ class Library:
             SourceRow,
             TagRow,
             TrainingRunRow,
+            utcnow,
         )
 
+        if not batch:
+            return
+        self.store.sync()  # every blob durable before a row names it
+        now = utcnow()
+        emb_t, tag_t = EmbeddingRow.__table__, TagRow.__table__
         try:
-            with self.catalog.write() as session:
-                tag_ids: dict[str, int] = {}
+            with self.catalog.connection() as conn:
+                ids: list[int] = []
                 for p in batch:
                     emb = p.embedding
-                    row = EmbeddingRow(
-                        name=p.name,
-                        name_key=name_key(p.name),
-                        token=p.token,
-                        token_key=name_key(p.token),
-                        kind=p.kind,
-                        family=emb.family.value,
-                        num_vectors=emb.num_vectors,
-                        dims=",".join(str(d) for d in emb.dims),
-                        tensor_sha256=p.tensor_sha256,
-                        file_sha256=p.file_sha256,
-                        source=p.source,
-                        source_ref=p.source_ref,
-                        base_model=p.base_model,
-                        base_model_fingerprint=p.base_model_fingerprint,
-                        initializer=p.initializer,
-                        training_images_hash=p.training_images_hash,
-                        training_image_count=p.training_image_count,
-                        description=p.description,
-                        license=p.license,
-                        flags=json.dumps(emb.flags),
-                        extra=json.dumps(p.extra, sort_keys=True, default=str),
-                        parents=json.dumps(p.parents, sort_keys=True),
-                        version=p.version,
-                    )
-                    session.add(row)
-                    session.flush()
-                    for t in p.tags:
+                    row_id = conn.execute(
+                        insert(emb_t).returning(emb_t.c.id),
+                        {
+                            "name": p.name,
+                            "name_key": name_key(p.name),
+                            "token": p.token,
+                            "token_key": name_key(p.token),
+                            "kind": p.kind,
+                            "family": emb.family.value,
+                            "num_vectors": emb.num_vectors,
+                            "dims": ",".join(str(d) for d in emb.dims),
+                            "tensor_sha256": p.tensor_sha256,
+                            "file_sha256": p.file_sha256,
+                            "source": p.source,
+                            "source_ref": p.source_ref,
+                            "base_model": p.base_model,
+                            "base_model_fingerprint": p.base_model_fingerprint,
+                            "initializer": p.initializer,
+                            "training_images_hash": p.training_images_hash,
+                            "training_image_count": p.training_image_count,
+                            "description": p.description,
+                            "license": p.license,
+                            "flags": json.dumps(emb.flags),
+                            "extra": json.dumps(p.extra, sort_keys=True, default=str),
+                            "parents": json.dumps(p.parents, sort_keys=True),
+                            "version": p.version,
+                            "created_at": now,
+                            "updated_at": now,
+                        },
+                    ).scalar_one()
+                    ids.append(row_id)
+                wanted = sorted({t for p in batch for t in p.tags})
+                tag_ids: dict[str, int] = {}
+                if wanted:
+                    for name_, tid in conn.execute(
+                        select(tag_t.c.name, tag_t.c.id).where(tag_t.c.name.in_(wanted))
+                    ):
+                        tag_ids[name_] = tid
+                    for t in wanted:
                         if t not in tag_ids:
-                            tag_ids[t] = self._tag_id(session, TagRow, t)
-                        session.add(EmbeddingTagRow(embedding_id=row.id, tag_id=tag_ids[t]))
-                    for filename, role, sha, size in p.previews:
-                        session.add(
-                            PreviewRow(
-                                embedding_id=row.id,
-                                filename=filename,
-                                role=role,
-                                sha256=sha,
-                                size=size,
-                            )
-                        )
-                    session.add(
-                        SourceRow(
-                            embedding_id=row.id,
-                            source=p.source,
-                            ref=p.source_ref,
-                            file_sha256=p.file_sha256,
-                        )
+                            tag_ids[t] = conn.execute(
+                                insert(tag_t).returning(tag_t.c.id), {"name": t}
+                            ).scalar_one()
+                links, previews, sources, runs = [], [], [], []
+                for row_id, p in zip(ids, batch):
+                    links += [{"embedding_id": row_id, "tag_id": tag_ids[t]} for t in p.tags]
+                    previews += [
+                        {
+                            "embedding_id": row_id,
+                            "filename": f,
+                            "role": role,
+                            "sha256": sha,
+                            "size": size,
+                            "created_at": now,
+                        }
+                        for f, role, sha, size in p.previews
+                    ]
+                    sources.append(
+                        {
+                            "embedding_id": row_id,
+                            "source": p.source,
+                            "ref": p.source_ref,
+                            "file_sha256": p.file_sha256,
+                            "created_at": now,
+                        }
                     )
                     if p.training_run is not None:
                         tr = p.training_run
-                        session.add(
-                            TrainingRunRow(
-                                embedding_id=row.id,
-                                config=json.dumps(tr.config, sort_keys=True, default=str),
-                                steps=tr.steps,
-                                final_loss=tr.final_loss,
-                                wall_time_s=tr.wall_time_s,
-                                device=tr.device,
-                                base_model=tr.base_model,
-                                base_model_fingerprint=tr.base_model_fingerprint,
-                                training_images_hash=tr.training_images_hash,
-                                training_image_count=tr.training_image_count,
-                                initializer=tr.initializer,
-                                status=tr.status,
-                            )
+                        runs.append(
+                            {
+                                "embedding_id": row_id,
+                                "config": json.dumps(tr.config, sort_keys=True, default=str),
+                                "steps": tr.steps,
+                                "final_loss": tr.final_loss,
+                                "wall_time_s": tr.wall_time_s,
+                                "device": tr.device,
+                                "base_model": tr.base_model,
+                                "base_model_fingerprint": tr.base_model_fingerprint,
+                                "training_images_hash": tr.training_images_hash,
+                                "training_image_count": tr.training_image_count,
+                                "initializer": tr.initializer,
+                                "status": tr.status,
+                                "created_at": now,
+                            }
                         )
-                    session.flush()
-                    dialect.refresh_fts(session.connection(), self.catalog.dialect_name, row.id)
+                for table, rows in (
+                    (EmbeddingTagRow.__table__, links),
+                    (PreviewRow.__table__, previews),
+                    (SourceRow.__table__, sources),
+                    (TrainingRunRow.__table__, runs),
+                ):
+                    if rows:
+                        conn.execute(insert(table), rows)
+                dialect.refresh_fts_many(conn, self.catalog.dialect_name, ids)
         except IntegrityError as exc:
             raise self._integrity_error(batch, exc) from None
 
@@ -632,10 +668,11 @@ class Library:
                     o.status, o.reason, o.error = "rejected", exc.message, exc.code
 
     def _store_pending(self, p: _Pending) -> None:
-        self.store.put(p.embedding.canonical_bytes(), p.tensor_sha256)
+        # Not durable yet: _commit syncs the whole batch once before inserting rows.
+        self.store.put(p.embedding.canonical_bytes(), p.tensor_sha256, durable=False)
         for i, (filename, role, _sha, _size) in enumerate(p.previews):
             data = p.extra.pop(f"__preview_data_{i}")
-            sha = self.store.put(data)
+            sha = self.store.put(data, durable=False)
             p.previews[i] = (filename, role, sha, len(data))
 
     def _prepare_file(

@@ -13,6 +13,7 @@ import errno
 import hashlib
 import os
 import secrets
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -34,9 +35,15 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: Path, data: bytes, *, fsync: bool = True) -> None:
+_KNOWN_DIRS: set[str] = set()
+
+
+def atomic_write(path: Path, data: bytes, *, fsync: bool = True, _retry: bool = True) -> None:
     """Write ``data`` to ``path`` atomically; on any error no partial file is visible."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    parent = str(path.parent)
+    if parent not in _KNOWN_DIRS:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _KNOWN_DIRS.add(parent)
     tmp = path.parent / f"{TMP_PREFIX}{secrets.token_hex(6)}-{path.name}"
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
@@ -50,6 +57,13 @@ def atomic_write(path: Path, data: bytes, *, fsync: bool = True) -> None:
         finally:
             os.close(fd)
         os.replace(tmp, path)
+    except FileNotFoundError:
+        # The folder vanished since we created it (removed by hand): create and retry once.
+        _KNOWN_DIRS.discard(parent)
+        if not _retry:
+            raise StoreError(f"could not write {path}: its folder cannot be created") from None
+        atomic_write(path, data, fsync=fsync, _retry=False)
+        return
     except OSError as exc:
         with contextlib.suppress(OSError):
             tmp.unlink()
@@ -63,12 +77,56 @@ def atomic_write(path: Path, data: bytes, *, fsync: bool = True) -> None:
         _fsync_dir(path.parent)
 
 
+def _syncfs(path: Path) -> bool:
+    """Flush the whole filesystem holding ``path`` (Linux ``syncfs``); False if unavailable."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            return libc.syncfs(fd) == 0
+        finally:
+            os.close(fd)
+    except (OSError, AttributeError):
+        return False
+
+
 class BlobStore:
-    """Blobs named by their SHA-256 under ``root``."""
+    """Blobs named by their SHA-256 under ``root``.
+
+    ``put(..., durable=False)`` defers the fsync: the caller must call :meth:`sync`
+    before committing rows that name those blobs (bulk imports flush a whole batch
+    with one filesystem sync instead of two fsyncs per file).
+    """
 
     def __init__(self, root: Path, *, fsync: bool = True) -> None:
         self.root = Path(root)
         self.fsync = fsync
+        self._unsynced: list[Path] = []
+
+    def sync(self) -> None:
+        """Make every blob written with ``durable=False`` durable."""
+        if not self._unsynced:
+            return
+        pending, self._unsynced = self._unsynced, []
+        if not self.fsync:
+            return
+        if _syncfs(self.root):
+            return
+        for p in pending:
+            try:
+                fd = os.open(p, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            except OSError:
+                pass
+        for d in {p.parent for p in pending}:
+            _fsync_dir(d)
 
     def path(self, sha256: str) -> Path:
         return self.root / sha256[:2] / sha256
@@ -76,19 +134,18 @@ class BlobStore:
     def has(self, sha256: str) -> bool:
         return self.path(sha256).is_file()
 
-    def put(self, data: bytes, sha256: str | None = None) -> str:
-        """Store ``data``; returns its SHA-256. An existing intact blob is kept as is."""
+    def put(self, data: bytes, sha256: str | None = None, *, durable: bool = True) -> str:
+        """Store ``data``; returns its SHA-256. An existing intact blob is kept as is
+        (a damaged one, e.g. emptied by a crash, is rewritten)."""
         digest = hashlib.sha256(data).hexdigest()
         if sha256 is not None and sha256 != digest:
             raise StoreError(f"blob hash mismatch: expected {sha256}, data hashes to {digest}")
         target = self.path(digest)
-        if target.is_file():
-            try:
-                if target.stat().st_size == len(data):
-                    return digest
-            except OSError:
-                pass
-        atomic_write(target, data, fsync=self.fsync)
+        if target.is_file() and self.check(digest) is None:
+            return digest
+        atomic_write(target, data, fsync=self.fsync and durable)
+        if not durable:
+            self._unsynced.append(target)
         return digest
 
     def get(self, sha256: str, *, verify: bool = True) -> bytes:
