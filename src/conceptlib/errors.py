@@ -336,3 +336,21 @@ class HubUnavailable(HubError):
 
 class HubUnsafePath(HubError):
     code = "hub_unsafe_path"
+
+
+class HubNotFound(HubError):
+    """A repo, revision or file the Hub does not have (or hides: private without access)."""
+
+    code = "hub_not_found"
+
+
+class HubOffline(HubUnavailable):
+    """``HF_HUB_OFFLINE=1`` and what is needed is not in the local cache."""
+
+    code = "hub_offline"
+
+
+class HubNoEmbedding(HubError):
+    """A repo that holds no recognizable embedding file."""
+
+    code = "hub_no_embedding"
