@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import uuid
 
 import numpy as np
 import pytest
@@ -20,8 +21,43 @@ def _isolated_home(tmp_path, monkeypatch):
     yield home
 
 
+PG_URL = os.environ.get("CONCEPTLIB_TEST_POSTGRES_URL")
+
+
+def _pg_admin(sql: str) -> None:
+    import psycopg
+
+    url = PG_URL.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(sql)
+
+
 @pytest.fixture
-def lib(_isolated_home):
+def pg_database(monkeypatch):
+    """A fresh PostgreSQL database for one test, set as CONCEPTLIB_DATABASE_URL."""
+    if not PG_URL:
+        pytest.skip("set CONCEPTLIB_TEST_POSTGRES_URL to run catalog tests on PostgreSQL")
+    name = f"conceptlib_test_{uuid.uuid4().hex[:12]}"
+    _pg_admin(f'CREATE DATABASE "{name}"')
+    url = PG_URL.rsplit("/", 1)[0] + f"/{name}"
+    monkeypatch.setenv("CONCEPTLIB_DATABASE_URL", url)
+    yield url
+    import gc
+
+    gc.collect()  # drop pooled connections held by closed libraries
+    _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def backend(request):
+    """Catalog tests run on SQLite and, when CONCEPTLIB_TEST_POSTGRES_URL is set, PostgreSQL."""
+    if request.param == "postgres":
+        request.getfixturevalue("pg_database")
+    return request.param
+
+
+@pytest.fixture
+def lib(_isolated_home, backend):
     from conceptlib.registry.library import Library
 
     library = Library.open()

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import DatabaseError, OperationalError
+from sqlalchemy.exc import DatabaseError, IntegrityError, OperationalError
 from sqlmodel import Session
 
 from conceptlib.catalog import dialect, migrations
@@ -55,6 +55,7 @@ class Catalog:
     """A connection factory for one catalog database."""
 
     def __init__(self, url: str, *, busy_timeout_s: float = 30.0) -> None:
+        url = dialect.normalize_url(url)
         self.url = url
         self.busy_timeout_s = busy_timeout_s
         self.is_sqlite = url.startswith("sqlite")
@@ -68,7 +69,11 @@ class Catalog:
             )
             self._install_sqlite_hooks()
         else:
-            self.engine = create_engine(url, pool_pre_ping=True)
+            self.engine = create_engine(
+                url,
+                pool_pre_ping=True,
+                connect_args={"connect_timeout": max(1, int(busy_timeout_s))},
+            )
         self.dialect_name = self.engine.dialect.name
 
     def _install_sqlite_hooks(self) -> None:
@@ -93,6 +98,8 @@ class Catalog:
         try:
             with Session(self.engine, expire_on_commit=False) as session, session.begin():
                 yield session
+        except IntegrityError:
+            raise  # a unique/foreign-key violation: the library turns it into a typed error
         except (OperationalError, DatabaseError) as exc:
             raise translate_db_error(exc, self.where) from exc
         except sqlite3.OperationalError as exc:  # raised outside SQLAlchemy's wrapping
@@ -115,6 +122,8 @@ class Catalog:
         try:
             with self.engine.connect() as conn, conn.begin():
                 yield conn
+        except IntegrityError:
+            raise
         except (OperationalError, DatabaseError) as exc:
             raise translate_db_error(exc, self.where) from exc
 
@@ -132,6 +141,7 @@ class Catalog:
         for attempt in range(3):
             try:
                 with self.connection() as conn:
+                    dialect.lock_for_migration(conn, self.dialect_name)
                     done = set(migrations.applied_versions(conn))
                 if done and max(done) > migrations.LATEST:
                     raise CatalogTooNew(
@@ -143,6 +153,7 @@ class Catalog:
                     if m.version in done or m.version > target:
                         continue
                     with self.connection() as conn:
+                        dialect.lock_for_migration(conn, self.dialect_name)
                         # Re-check inside the write transaction: another process may have
                         # applied it while we waited for the lock.
                         if m.version in migrations.applied_versions(conn):

@@ -7,8 +7,10 @@ integrity checks.
 
 SQLite: FTS5 virtual table ``embedding_fts`` (rowid = embedding.id) kept in step by
 the application inside the same write transaction.
-Other databases: a ``LIKE`` search over the same columns until a native full-text
-index is added for them.
+PostgreSQL: a table ``embedding_fts`` with the same columns plus a generated
+``tsvector`` (``simple`` configuration, so names and tags are not stemmed) under a
+GIN index, kept in step the same way.
+Other databases: a ``LIKE`` search over the same columns.
 """
 
 from __future__ import annotations
@@ -21,6 +23,24 @@ FTS_TABLE = "embedding_fts"
 
 def is_sqlite(dialect_name: str) -> bool:
     return dialect_name == "sqlite"
+
+
+def is_postgres(dialect_name: str) -> bool:
+    return dialect_name == "postgresql"
+
+
+def normalize_url(url: str) -> str:
+    """``postgres://`` and ``postgresql://`` mean psycopg 3 (the driver we depend on)."""
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+def lock_for_migration(conn: Any, dialect_name: str) -> None:
+    """Serialize migrations across processes (SQLite's BEGIN IMMEDIATE already does)."""
+    if is_postgres(dialect_name):
+        conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7306120061)")
 
 
 # --------------------------------------------------------------------------- pragmas
@@ -40,11 +60,65 @@ def sqlite_begin_statement(readonly: bool) -> str:
     return "BEGIN" if readonly else "BEGIN IMMEDIATE"
 
 
+def ensure_tags(conn: Any, dialect_name: str, names: list[str]) -> dict[str, int]:
+    """Ids of the tags ``names``, creating missing ones; safe against concurrent writers
+    (a tag created by another transaction meanwhile is simply found)."""
+    from sqlalchemy import select
+
+    from conceptlib.catalog.models import TagRow
+
+    tag_t = TagRow.__table__
+    if not names:
+        return {}
+    if is_sqlite(dialect_name):
+        from sqlalchemy.dialects.sqlite import insert as dialect_insert
+    elif is_postgres(dialect_name):
+        from sqlalchemy.dialects.postgresql import insert as dialect_insert
+    else:  # pragma: no cover - other databases: plain inserts of what is missing
+        dialect_insert = None
+    found = dict(
+        conn.execute(select(tag_t.c.name, tag_t.c.id).where(tag_t.c.name.in_(names))).all()
+    )
+    missing = [n for n in names if n not in found]
+    if missing:
+        if dialect_insert is not None:
+            stmt = dialect_insert(tag_t).on_conflict_do_nothing(index_elements=["name"])
+        else:
+            from sqlalchemy import insert as stmt_insert
+
+            stmt = stmt_insert(tag_t)
+        conn.execute(stmt, [{"name": n} for n in missing])
+        found.update(
+            conn.execute(select(tag_t.c.name, tag_t.c.id).where(tag_t.c.name.in_(missing))).all()
+        )
+    return found
+
+
 # --------------------------------------------------------------------------- full-text search
+
+
+_PG_FTS_SELECT = (
+    "SELECT e.id, e.name, e.token, coalesce(e.description, ''), coalesce(("
+    "SELECT string_agg(t.name, ' ' ORDER BY t.name) FROM tag t JOIN embedding_tag et "
+    "ON et.tag_id = t.id WHERE et.embedding_id = e.id), '') FROM embedding e "
+)
 
 
 def create_fts(conn: Any, dialect_name: str) -> None:
     """Create the full-text index (migration 2) and fill it from existing rows."""
+    if is_postgres(dialect_name):
+        conn.exec_driver_sql(
+            f"CREATE TABLE {FTS_TABLE} ("
+            "rowid INTEGER PRIMARY KEY REFERENCES embedding(id) ON DELETE CASCADE, "
+            "name TEXT NOT NULL, token TEXT NOT NULL, description TEXT NOT NULL, "
+            "tags TEXT NOT NULL, tsv tsvector GENERATED ALWAYS AS (to_tsvector('simple', "
+            "name || ' ' || token || ' ' || description || ' ' || tags)) STORED)"
+        )
+        conn.exec_driver_sql(f"CREATE INDEX ix_{FTS_TABLE}_tsv ON {FTS_TABLE} USING GIN (tsv)")
+        conn.exec_driver_sql(
+            f"INSERT INTO {FTS_TABLE}(rowid, name, token, description, tags) {_PG_FTS_SELECT}"
+        )
+        return
     if not is_sqlite(dialect_name):
         return
     conn.exec_driver_sql(
@@ -59,6 +133,9 @@ def create_fts(conn: Any, dialect_name: str) -> None:
 
 def refresh_fts(conn: Any, dialect_name: str, embedding_id: int) -> None:
     """Rewrite the full-text row of one embedding (call in the same transaction)."""
+    if is_postgres(dialect_name):
+        refresh_fts_many(conn, dialect_name, [embedding_id])
+        return
     if not is_sqlite(dialect_name):
         return
     conn.exec_driver_sql(f"DELETE FROM {FTS_TABLE} WHERE rowid = ?", (embedding_id,))
@@ -81,7 +158,17 @@ def refresh_fts(conn: Any, dialect_name: str, embedding_id: int) -> None:
 
 def refresh_fts_many(conn: Any, dialect_name: str, ids: list[int]) -> None:
     """Write the full-text rows of freshly inserted embeddings in two statements."""
-    if not is_sqlite(dialect_name) or not ids:
+    if not ids:
+        return
+    if is_postgres(dialect_name):
+        conn.exec_driver_sql(f"DELETE FROM {FTS_TABLE} WHERE rowid = ANY(%s)", (list(ids),))
+        conn.exec_driver_sql(
+            f"INSERT INTO {FTS_TABLE}(rowid, name, token, description, tags) "
+            f"{_PG_FTS_SELECT} WHERE e.id = ANY(%s)",
+            (list(ids),),
+        )
+        return
+    if not is_sqlite(dialect_name):
         return
     for start in range(0, len(ids), 500):
         chunk = ids[start : start + 500]
@@ -100,6 +187,8 @@ def refresh_fts_many(conn: Any, dialect_name: str, ids: list[int]) -> None:
 def delete_fts(conn: Any, dialect_name: str, embedding_id: int) -> None:
     if is_sqlite(dialect_name):
         conn.exec_driver_sql(f"DELETE FROM {FTS_TABLE} WHERE rowid = ?", (embedding_id,))
+    elif is_postgres(dialect_name):
+        conn.exec_driver_sql(f"DELETE FROM {FTS_TABLE} WHERE rowid = %s", (embedding_id,))
 
 
 _WORD = re.compile(r"\w+", re.UNICODE)
@@ -120,6 +209,15 @@ def text_search_clause(dialect_name: str, query: str, param: str) -> tuple[str, 
         if expr is None:
             return "1=1", []
         return (f"e.id IN (SELECT rowid FROM {FTS_TABLE} WHERE {FTS_TABLE} MATCH ?)", [expr])
+    if is_postgres(dialect_name):
+        words = _WORD.findall(query.lower())
+        if not words:
+            return "1=1", []
+        tsquery = " & ".join(f"{w}:*" for w in words)
+        return (
+            f"e.id IN (SELECT rowid FROM {FTS_TABLE} WHERE tsv @@ to_tsquery('simple', ?))",
+            [tsquery],
+        )
     words = _WORD.findall(query.lower())
     clauses, params = [], []
     for w in words:
@@ -142,6 +240,13 @@ def fts_rank_order(dialect_name: str) -> str | None:
 
 def integrity_problems(conn: Any, dialect_name: str) -> list[str]:
     """Database-level integrity check; an empty list means intact."""
+    if is_postgres(dialect_name):
+        # PostgreSQL enforces keys itself; check the search index matches its rows.
+        missing = conn.exec_driver_sql(
+            f"SELECT count(*) FROM embedding e LEFT JOIN {FTS_TABLE} f ON f.rowid = e.id "
+            "WHERE f.rowid IS NULL"
+        ).scalar()
+        return [f"full-text index: {missing} embeddings missing"] if missing else []
     if not is_sqlite(dialect_name):
         return []
     problems = []

@@ -433,7 +433,7 @@ class Library:
 
     def _commit(self, batch: Sequence[_Pending]) -> None:
         """Insert a batch of prepared entries in one write transaction (Core inserts)."""
-        from sqlalchemy import insert, select
+        from sqlalchemy import insert
         from sqlalchemy.exc import IntegrityError
 
         from conceptlib.catalog import dialect
@@ -442,7 +442,6 @@ class Library:
             EmbeddingTagRow,
             PreviewRow,
             SourceRow,
-            TagRow,
             TrainingRunRow,
             utcnow,
         )
@@ -451,7 +450,7 @@ class Library:
             return
         self.store.sync()  # every blob durable before a row names it
         now = utcnow()
-        emb_t, tag_t = EmbeddingRow.__table__, TagRow.__table__
+        emb_t = EmbeddingRow.__table__
         try:
             with self.catalog.connection() as conn:
                 ids: list[int] = []
@@ -489,19 +488,9 @@ class Library:
                     ).scalar_one()
                     ids.append(row_id)
                 wanted = sorted({t for p in batch for t in p.tags})
-                tag_ids: dict[str, int] = {}
-                if wanted:
-                    for name_, tid in conn.execute(
-                        select(tag_t.c.name, tag_t.c.id).where(tag_t.c.name.in_(wanted))
-                    ):
-                        tag_ids[name_] = tid
-                    for t in wanted:
-                        if t not in tag_ids:
-                            tag_ids[t] = conn.execute(
-                                insert(tag_t).returning(tag_t.c.id), {"name": t}
-                            ).scalar_one()
+                tag_ids = dialect.ensure_tags(conn, self.catalog.dialect_name, wanted)
                 links, previews, sources, runs = [], [], [], []
-                for row_id, p in zip(ids, batch):
+                for row_id, p in zip(ids, batch, strict=True):
                     links += [{"embedding_id": row_id, "tag_id": tag_ids[t]} for t in p.tags]
                     previews += [
                         {
@@ -553,18 +542,6 @@ class Library:
                 dialect.refresh_fts_many(conn, self.catalog.dialect_name, ids)
         except IntegrityError as exc:
             raise self._integrity_error(batch, exc) from None
-
-    @staticmethod
-    def _tag_id(session: Any, TagRow: Any, tag: str) -> int:  # noqa: N803
-        from sqlmodel import select
-
-        found = session.exec(select(TagRow).where(TagRow.name == tag)).first()
-        if found is not None:
-            return found.id
-        row = TagRow(name=tag)
-        session.add(row)
-        session.flush()
-        return row.id
 
     def _integrity_error(self, batch: Sequence[_Pending], exc: Exception) -> ConceptlibError:
         """A unique violation (lost race with another writer) as a typed error."""
@@ -758,11 +735,10 @@ class Library:
                 f"{info.name!r} has no tag {missing[0]!r}; its tags: {', '.join(info.tags) or 'none'}"
             )
         with self.catalog.write() as session:
-            for t in add_t:
-                if t in info.tags:
-                    continue
-                tid = self._tag_id(session, TagRow, t)
-                session.add(EmbeddingTagRow(embedding_id=info.id, tag_id=tid))
+            new = [t for t in add_t if t not in info.tags]
+            ids = dialect.ensure_tags(session.connection(), self.catalog.dialect_name, new)
+            for t in new:
+                session.add(EmbeddingTagRow(embedding_id=info.id, tag_id=ids[t]))
             for t in rem_t:
                 row = session.exec(select(TagRow).where(TagRow.name == t)).first()
                 if row is not None:
