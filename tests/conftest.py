@@ -32,13 +32,36 @@ def _pg_admin(sql: str) -> None:
         conn.execute(sql)
 
 
+@pytest.fixture(scope="session")
+def pg_template():
+    """A migrated database that each test's database is cloned from (fast set-up)."""
+    if not PG_URL:
+        pytest.skip("set CONCEPTLIB_TEST_POSTGRES_URL to run catalog tests on PostgreSQL")
+    from conceptlib.catalog.db import Catalog
+
+    name = f"conceptlib_tmpl_{uuid.uuid4().hex[:12]}"
+    _pg_admin(f'CREATE DATABASE "{name}"')
+    cat = Catalog(PG_URL.rsplit("/", 1)[0] + f"/{name}")
+    cat.migrate()
+    cat.dispose()
+    yield name
+    _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 @pytest.fixture
-def pg_database(monkeypatch):
-    """A fresh PostgreSQL database for one test, set as CONCEPTLIB_DATABASE_URL."""
+def pg_database(monkeypatch, request):
+    """A fresh PostgreSQL database for one test, set as CONCEPTLIB_DATABASE_URL.
+
+    Cloned from a migrated template; tests marked ``pg_empty`` get an empty one.
+    """
     if not PG_URL:
         pytest.skip("set CONCEPTLIB_TEST_POSTGRES_URL to run catalog tests on PostgreSQL")
     name = f"conceptlib_test_{uuid.uuid4().hex[:12]}"
-    _pg_admin(f'CREATE DATABASE "{name}"')
+    if request.node.get_closest_marker("pg_empty"):
+        _pg_admin(f'CREATE DATABASE "{name}"')
+    else:
+        template = request.getfixturevalue("pg_template")
+        _pg_admin(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
     url = PG_URL.rsplit("/", 1)[0] + f"/{name}"
     monkeypatch.setenv("CONCEPTLIB_DATABASE_URL", url)
     yield url

@@ -163,6 +163,7 @@ def test_dialect_is_the_only_place_with_sqlite_sql(n):
     assert [o for o in offenders if o not in allowed] == []
 
 
+@pytest.mark.pg_empty
 def test_upgrade_from_first_schema_on_every_backend(backend, tmp_path):
     """The same migrations run on SQLite and PostgreSQL; an upgrade keeps rows searchable."""
     import os
