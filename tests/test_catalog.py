@@ -68,8 +68,8 @@ def test_upgrade_from_first_schema_keeps_rows_and_indexes_them(tmp_path):
 def test_foreign_keys_cascade(lib, emb_factory):
     from conceptlib.schemas.records import Preview
 
-    lib.add_embedding(emb_factory(), name="a", tags=["t"], previews=[Preview("p.png", b"png")])
-    lib.remove("a")
+    lib.add_embedding(emb_factory(), name="ea", tags=["t"], previews=[Preview("p.png", b"png")])
+    lib.remove("ea")
     dump = lib.dump()
     assert dump["embedding_tag"] == [] and dump["preview"] == [] and dump["embedding_source"] == []
 

@@ -77,36 +77,36 @@ def test_list_search_show_json(runner, lib, emb_factory):
 
 
 def test_show_unknown_suggests(runner, lib, emb_factory):
-    lib.add_embedding(emb_factory(), name="watercolor")
-    res = runner.invoke(cli, ["show", "watercolour"])
+    lib.add_embedding(emb_factory(), name="aquarelle")
+    res = runner.invoke(cli, ["show", "aquarele"])
     assert res.exit_code == 6
-    assert "no embedding named 'watercolour'" in res.output
-    assert "did you mean: watercolor" in res.output
+    assert "no embedding named 'aquarele'" in res.output
+    assert "did you mean: aquarelle" in res.output
 
 
 def test_tag_rename_rm(runner, lib, emb_factory, catalog_snapshot):
-    lib.add_embedding(emb_factory(), name="a")
-    assert run(runner, "tag", "a", "--add", "x", "--add", "y").exit_code == 0
-    assert lib.get("a").tags == ["x", "y"]
-    assert run(runner, "tag", "a", "--remove", "x").exit_code == 0
+    lib.add_embedding(emb_factory(), name="ea")
+    assert run(runner, "tag", "ea", "--add", "x", "--add", "y").exit_code == 0
+    assert lib.get("ea").tags == ["x", "y"]
+    assert run(runner, "tag", "ea", "--remove", "x").exit_code == 0
     before = catalog_snapshot(lib.settings.home)
-    res = runner.invoke(cli, ["tag", "a", "--remove", "nope"])
+    res = runner.invoke(cli, ["tag", "ea", "--remove", "nope"])
     assert res.exit_code == 6 and "has no tag 'nope'" in res.output
-    res = runner.invoke(cli, ["tag", "a"])
+    res = runner.invoke(cli, ["tag", "ea"])
     assert res.exit_code == 2 and "nothing to do" in res.output
-    res = runner.invoke(cli, ["rename", "a", "bad/name"])
+    res = runner.invoke(cli, ["rename", "ea", "bad/name"])
     assert res.exit_code == 2 and "'/'" in res.output
     assert catalog_snapshot(lib.settings.home) == before
-    assert run(runner, "rename", "a", "b").exit_code == 0
-    res = runner.invoke(cli, ["rm", "b", "missing"])
+    assert run(runner, "rename", "ea", "eb").exit_code == 0
+    res = runner.invoke(cli, ["rm", "eb", "missing"])
     assert res.exit_code == 6
     assert catalog_snapshot(lib.settings.home)[0]["embedding"]  # nothing removed
-    assert run(runner, "rm", "b").exit_code == 0
+    assert run(runner, "rm", "eb").exit_code == 0
     assert lib.count() == 0 and list(lib.store.iter_blobs()) == []
 
 
 def test_verify_and_gc(runner, lib, emb_factory):
-    info = lib.add_embedding(emb_factory(), name="a")
+    info = lib.add_embedding(emb_factory(), name="ea")
     assert run(runner, "verify").exit_code == 0
     orphan = lib.store.put(b"orphan")
     res = run(runner, "verify", "--json")

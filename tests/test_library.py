@@ -82,7 +82,7 @@ def test_add_records_everything(lib, emb_factory):
 
 
 def test_sd1_is_partially_compatible_with_sdxl(lib, emb_factory):
-    info = lib.add_embedding(emb_factory("sd1"), name="a")
+    info = lib.add_embedding(emb_factory("sd1"), name="ea")
     assert info.compatibility == {"sd1": "full", "sd2": "none", "sdxl": "partial"}
 
 
@@ -146,30 +146,30 @@ def test_token_collides_with_other_name(lib, emb_factory):
 
 
 def test_rename_rules(lib, emb_factory):
-    lib.add_embedding(emb_factory(seed=1), name="a")
-    lib.add_embedding(emb_factory(seed=2), name="b", token="<b-token>")
+    lib.add_embedding(emb_factory(seed=1), name="ea")
+    lib.add_embedding(emb_factory(seed=2), name="eb", token="<b-token>")
     with pytest.raises(NameCollision):
-        lib.rename("a", "B")
-    info = lib.rename("a", "A2")
+        lib.rename("ea", "EB")
+    info = lib.rename("ea", "A2")
     assert info.token == "A2"
-    info = lib.rename("b", "bee")
+    info = lib.rename("eb", "bee")
     assert info.token == "<b-token>"
     assert lib.rename("bee", "BEE").name == "BEE"  # case change of itself is fine
 
 
 def test_altered_blob_is_refused_and_reported(lib, emb_factory):
-    info = lib.add_embedding(emb_factory(), name="a")
+    info = lib.add_embedding(emb_factory(), name="ea")
     path = lib.store.path(info.tensor_sha256)
     data = bytearray(path.read_bytes())
     data[-1] ^= 0xFF
     path.write_bytes(bytes(data))
     with pytest.raises(BlobCorrupt) as exc:
-        lib.load("a")
+        lib.load("ea")
     assert "altered" in exc.value.message
     report = lib.verify()
     assert not report.ok and "altered" in report.problems[0]
     with pytest.raises(BlobCorrupt):
-        lib.export("a", "safetensors", lib.settings.home / "out")
+        lib.export("ea", "safetensors", lib.settings.home / "out")
     assert not (lib.settings.home / "out").exists()
 
 
@@ -262,3 +262,40 @@ def test_concurrent_adds_from_threads(lib, emb_factory):
         t.join()
     assert errors == []
     assert lib.count() == 8
+
+
+def test_ordinary_word_as_name_or_token_is_refused(lib, emb_factory, catalog_snapshot):
+    before = catalog_snapshot(lib.settings.home)
+    with pytest.raises(InvalidName) as exc:
+        lib.add_embedding(emb_factory(), name="painting")
+    assert "ordinary word" in exc.value.message and "painting-style" in exc.value.hint
+    with pytest.raises(InvalidName):
+        lib.add_embedding(emb_factory(), name="my-concept", token="Style")
+    assert catalog_snapshot(lib.settings.home) == before
+    # "<painting>" is a distinct token, not the word.
+    assert (
+        lib.add_embedding(emb_factory(), name="my-painting", token="<painting>").token
+        == "<painting>"
+    )
+
+
+def test_imported_file_named_like_a_word_gets_a_suffix(tmp_path, lib, emb_factory):
+    from conceptlib.registry.formats import write_embedding
+
+    files = write_embedding(emb_factory(seed=4), "safetensors", name="style", token="style")
+    path = tmp_path / "style.safetensors"
+    path.write_bytes(next(iter(files.values())))
+    report = lib.import_paths([path])
+    assert report.outcomes[0].status == "imported"
+    info = lib.get("style-ti")
+    assert info.token == "style-ti" and info.extra["renamed_from"] == "style"
+    # An explicit --name that is an ordinary word is refused, not renamed.
+    other = tmp_path / "other.safetensors"
+    other.write_bytes(
+        next(
+            iter(write_embedding(emb_factory(seed=5), "safetensors", name="o", token="o").values())
+        )
+    )
+    (outcome,) = lib.import_paths([other], name="painting").outcomes
+    assert outcome.status == "rejected" and isinstance(outcome.exception, InvalidName)
+    assert "ordinary word" in outcome.reason

@@ -56,6 +56,7 @@ from conceptlib.schemas.records import (
     TrainingRunRecord,
     VerifyReport,
 )
+from conceptlib.schemas.vocabulary import is_common_word
 
 ProgressCallback = Callable[[int, int, str], None]
 
@@ -313,6 +314,13 @@ class Library:
         """
         canonical = emb.canonical_bytes()
         tensor_sha = sha256_hex(canonical)
+        for handle, what in ((name, "name"), (token or name, "token")):
+            if is_common_word(handle):
+                raise InvalidName(
+                    f"the {what} {handle!r} is an ordinary word: as a trigger it would silently "
+                    f"change what {handle!r} means in every prompt",
+                    hint=f"choose a distinctive name, e.g. {handle}-style or <{handle}>",
+                )
         pending = _Pending(
             embedding=emb,
             name=validate_name(name),
@@ -677,12 +685,22 @@ class Library:
             final_name = derive_name(path.parent.name or stem)
         else:
             final_name = derive_name(stem)
+        if is_common_word(final_name):
+            if name:
+                raise InvalidName(
+                    f"the name {final_name!r} is an ordinary word: as a trigger it would silently "
+                    f"change what {final_name!r} means in every prompt",
+                    hint=f"choose a distinctive name, e.g. {final_name}-style",
+                )
+            renamed_from, final_name = final_name, f"{final_name}-ti"
+        else:
+            renamed_from = None
         token = parsed.token if parsed.token else final_name
         try:
             token = validate_token(token)
         except InvalidName:
             token = final_name
-        if name and parsed.token is None:
+        if (name and parsed.token is None) or is_common_word(token):
             token = final_name
         all_tags = sorted(set(tags) | {validate_tag(t) for t in sidecar.tags if _tag_ok(t)})
         extra: dict[str, Any] = {"format": parsed.format, "container": parsed.container}
@@ -690,6 +708,9 @@ class Library:
             extra["file_metadata"] = _json_safe(parsed.metadata)
         if parsed.name_hint and parsed.name_hint != final_name:
             extra["name_in_file"] = parsed.name_hint
+        if renamed_from:
+            extra["renamed_from"] = renamed_from
+            extra["rename_reason"] = "ordinary word: as a trigger it would change its meaning"
         if sidecar.trained_words:
             extra["trained_words"] = sidecar.trained_words
         if sidecar.notes:
