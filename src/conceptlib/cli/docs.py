@@ -12,7 +12,14 @@ from conceptlib.cli.main import COMMANDS, cli
 
 
 def _help(command: click.Command, path: str) -> str:
-    ctx = click.Context(command, info_name=path, terminal_width=100, max_content_width=100)
+    # The same help option names as the real CLI (click caches the option per command).
+    ctx = click.Context(
+        command,
+        info_name=path,
+        terminal_width=100,
+        max_content_width=100,
+        help_option_names=["-h", "--help"],
+    )
     return command.get_help(ctx)
 
 
