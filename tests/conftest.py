@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+# Before anything imports huggingface_hub: it reads HF_ENDPOINT once, at import, so
+# point it at the loopback test server's port now (traffic never leaves 127.0.0.1).
 import os
 import uuid
 
 import numpy as np
 import pytest
+from hub_fixtures import configure_env
+
+configure_env()
 
 
 @pytest.fixture(autouse=True)

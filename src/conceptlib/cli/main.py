@@ -29,6 +29,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("conceptlib.cli.manage:export_cmd", "Write an embedding for a UI or diffusers."),
     "verify": ("conceptlib.cli.manage:verify_cmd", "Check every blob and the database."),
     "gc": ("conceptlib.cli.manage:gc_cmd", "Remove orphan blobs from the store."),
+    "push": ("conceptlib.cli.hub:push_cmd", "Push a concept or a library to the Hugging Face Hub."),
+    "pull": (
+        "conceptlib.cli.hub:pull_cmd",
+        "Pull embeddings or a library from the Hugging Face Hub.",
+    ),
 }
 
 

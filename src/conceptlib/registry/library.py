@@ -90,7 +90,7 @@ class _Pending:
     previews: list[tuple[str, str, str, int]] = field(
         default_factory=list
     )  # filename, role, sha, size
-    training_run: TrainingRunRecord | None = None
+    training_runs: list[TrainingRunRecord] = field(default_factory=list)
     parents: list[dict[str, Any]] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
     version: int = 1
@@ -300,6 +300,7 @@ class Library:
         license: str | None = None,
         previews: Sequence[Preview] = (),
         training_run: TrainingRunRecord | None = None,
+        training_runs: Sequence[TrainingRunRecord] = (),
         parents: Sequence[dict[str, Any]] = (),
         extra: dict[str, Any] | None = None,
         version: int = 1,
@@ -339,7 +340,7 @@ class Library:
             tags=sorted({validate_tag(t) for t in tags}),
             description=description,
             license=license,
-            training_run=training_run,
+            training_runs=[*training_runs, *([training_run] if training_run else [])],
             parents=list(parents),
             extra=dict(extra or {}),
             version=version,
@@ -520,8 +521,7 @@ class Library:
                             "created_at": now,
                         }
                     )
-                    if p.training_run is not None:
-                        tr = p.training_run
+                    for tr in p.training_runs:
                         runs.append(
                             {
                                 "embedding_id": row_id,
@@ -801,15 +801,30 @@ class Library:
             dialect.refresh_fts(session.connection(), self.catalog.dialect_name, info.id)
         return self.get(info.name)
 
-    def rename(self, old: str, new: str) -> EmbeddingInfo:
-        """Rename an entry; a token equal to the old name follows it."""
+    def rename(self, old: str, new: str, *, token: str | None = None) -> EmbeddingInfo:
+        """Rename an entry. ``token`` sets a new trigger token; without it a token equal
+        to the old name follows the rename and any other token is kept."""
         from conceptlib.catalog import dialect
         from conceptlib.catalog.models import EmbeddingRow, utcnow
 
         info = self.get(old)
         new_name = validate_name(new)
         follow = name_key(info.token) == name_key(info.name)
-        new_token = new_name if follow else info.token
+        if token is not None:
+            new_token = validate_token(token)
+            if is_common_word(new_token):
+                raise InvalidName(
+                    f"the token {new_token!r} is an ordinary word: as a trigger it would "
+                    f"silently change what {new_token!r} means in every prompt"
+                )
+        else:
+            new_token = new_name if follow else info.token
+        if is_common_word(new_name):
+            raise InvalidName(
+                f"the name {new_name!r} is an ordinary word: as a trigger it would silently "
+                f"change what {new_name!r} means in every prompt",
+                hint=f"choose a distinctive name, e.g. {new_name}-style",
+            )
         with self.reader() as r:
             self._check_handles(r, new_name, new_token, info.num_vectors, {}, info.name)
         with self.catalog.write() as session:
