@@ -94,6 +94,32 @@ def ensure_tags(conn: Any, dialect_name: str, names: list[str]) -> dict[str, int
     return found
 
 
+def insert_blobs(conn: Any, dialect_name: str, blobs: dict[str, bytes], now: str) -> None:
+    """Keep blobs in the database (shared catalogs); existing ones are left as they are."""
+    from sqlalchemy import select
+
+    from conceptlib.catalog.models import BlobRow
+
+    if not blobs:
+        return
+    blob_t = BlobRow.__table__
+    have = {
+        r[0] for r in conn.execute(select(blob_t.c.sha256).where(blob_t.c.sha256.in_(list(blobs))))
+    }
+    rows = [
+        {"sha256": sha, "size": len(data), "data": data, "created_at": now}
+        for sha, data in blobs.items()
+        if sha not in have
+    ]
+    if not rows:
+        return
+    if is_postgres(dialect_name):
+        from sqlalchemy.dialects.postgresql import insert as dialect_insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert as dialect_insert
+    conn.execute(dialect_insert(blob_t).on_conflict_do_nothing(index_elements=["sha256"]), rows)
+
+
 # --------------------------------------------------------------------------- full-text search
 
 

@@ -17,6 +17,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -190,6 +191,21 @@ def _m0003_runs_sync_provenance(conn: Connection) -> None:
     md.tables["hub_sync"].create(conn)
 
 
+def _m0004_shared_blobs(conn: Connection) -> None:
+    # On a catalog shared by several machines (PostgreSQL), blobs live in the database
+    # too, so every machine can read every embedding; the local store is a cache.
+    md = MetaData()
+    Table(
+        "blob",
+        md,
+        Column("sha256", String(64), primary_key=True),
+        Column("size", Integer, nullable=False),
+        Column("data", LargeBinary, nullable=False),
+        Column("created_at", String(40), nullable=False),
+    )
+    md.create_all(conn)
+
+
 MIGRATIONS: list[Migration] = [
     Migration(1, "core tables: embeddings, tags, previews, sources", _m0001_core),
     Migration(2, "full-text search over name, token, description and tags", _m0002_fulltext),
@@ -197,6 +213,9 @@ MIGRATIONS: list[Migration] = [
         3,
         "training runs, hub sync state, fingerprints, parents, versions",
         _m0003_runs_sync_provenance,
+    ),
+    Migration(
+        4, "blobs in the database for catalogs shared by several machines", _m0004_shared_blobs
     ),
 ]
 

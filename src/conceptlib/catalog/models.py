@@ -125,6 +125,17 @@ class TrainingRunRow(SQLModel, table=True):
     created_at: str = Field(default_factory=utcnow)
 
 
+class BlobRow(SQLModel, table=True):
+    """A blob kept in the database: used when the catalog is shared (PostgreSQL)."""
+
+    __tablename__ = "blob"
+
+    sha256: str = Field(primary_key=True)
+    size: int
+    data: bytes
+    created_at: str = Field(default_factory=utcnow)
+
+
 class HubSyncRow(SQLModel, table=True):
     __tablename__ = "hub_sync"
 

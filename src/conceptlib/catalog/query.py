@@ -24,7 +24,7 @@ from conceptlib.schemas.records import (
 )
 
 #: The schema version this code reads; equal to ``migrations.LATEST`` (a test checks).
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 EMBEDDING_COLUMNS = (
     "id",
@@ -143,6 +143,11 @@ class Reader:
         assert column in ("name_key", "token_key", "tensor_sha256")
         rows = self._exec(f"SELECT name, num_vectors FROM embedding WHERE {column} = ?", [key])
         return (rows[0][0], int(rows[0][1])) if rows else None
+
+    def blob(self, sha: str) -> bytes | None:
+        """A blob kept in the database (shared catalogs), or ``None``."""
+        rows = self._exec("SELECT data FROM blob WHERE sha256 = ?", [sha])
+        return bytes(rows[0][0]) if rows else None
 
     def by_file_sha256(self, sha: str) -> list[EmbeddingInfo]:
         rows = self._exec(

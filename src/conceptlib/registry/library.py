@@ -120,6 +120,26 @@ class Library:
         self.catalog.migrate()
         self._local = threading.local()
 
+    @property
+    def shares_blobs(self) -> bool:
+        """True on a catalog shared by several machines (not SQLite): blobs are kept in the
+        database too, and the local store is a verified cache."""
+        return not self.catalog.is_sqlite
+
+    def _blob(self, sha: str) -> bytes:
+        """A blob's bytes, verified; on a shared catalog a missing local copy is fetched
+        from the database into the local store."""
+        if self.shares_blobs and not self.store.has(sha):
+            with self.reader() as r:
+                data = r.blob(sha)
+            if data is not None:
+                if sha256_hex(data) != sha:
+                    from conceptlib.errors import BlobCorrupt
+
+                    raise BlobCorrupt(f"blob {sha[:12]} in the shared catalog fails its hash check")
+                self.store.put(data, sha)
+        return self.store.get(sha, verify=True)
+
     @classmethod
     def open(cls, home: str | os.PathLike[str] | None = None) -> Library:
         """Open the library at ``home`` (default ``CONCEPTLIB_HOME`` or the user data dir)."""
@@ -262,7 +282,7 @@ class Library:
         from conceptlib.registry.safetensors_io import read_safetensors
 
         info = handle if isinstance(handle, EmbeddingInfo) else self.get(handle)
-        data = self.store.get(info.tensor_sha256, verify=True)
+        data = self._blob(info.tensor_sha256)
         tensors, _ = read_safetensors(data, path=str(self.store.path(info.tensor_sha256)))
         emb = Embedding(vectors=tensors)
         emb.flags = list(info.flags)
@@ -271,6 +291,8 @@ class Library:
     def preview_path(self, info: EmbeddingInfo, filename: str) -> Path:
         for p in info.previews:
             if p.filename == filename:
+                if self.shares_blobs and not self.store.has(p.sha256):
+                    self._blob(p.sha256)
                 return self.store.path(p.sha256)
         raise NotFound(f"{info.name} has no preview named {filename!r}")
 
@@ -548,6 +570,13 @@ class Library:
                     if rows:
                         conn.execute(insert(table), rows)
                 dialect.refresh_fts_many(conn, self.catalog.dialect_name, ids)
+                if self.shares_blobs:
+                    blobs: dict[str, bytes] = {}
+                    for p in batch:
+                        blobs[p.tensor_sha256] = self.store.get(p.tensor_sha256, verify=False)
+                        for _f, _role, sha, _size in p.previews:
+                            blobs[sha] = self.store.get(sha, verify=False)
+                    dialect.insert_blobs(conn, self.catalog.dialect_name, blobs, now)
         except IntegrityError as exc:
             raise self._integrity_error(batch, exc) from None
 
@@ -847,10 +876,30 @@ class Library:
             dialect.delete_fts(session.connection(), self.catalog.dialect_name, info.id)
             session.delete(row)
         referenced = self._referenced_blobs()
-        for sha in [info.tensor_sha256] + [p.sha256 for p in info.previews]:
-            if sha not in referenced:
-                self.store.remove(sha)
+        gone = [
+            s
+            for s in [info.tensor_sha256] + [p.sha256 for p in info.previews]
+            if s not in referenced
+        ]
+        for sha in gone:
+            self.store.remove(sha)
+        if self.shares_blobs and gone:
+            self._delete_db_blobs(gone)
         return info
+
+    def _delete_db_blobs(self, shas: Sequence[str]) -> None:
+        """Drop database blobs that no row names (re-checked inside the transaction)."""
+        from sqlalchemy import text
+
+        with self.catalog.connection() as conn:
+            for sha in shas:
+                conn.execute(
+                    text(
+                        "DELETE FROM blob WHERE sha256 = :s AND sha256 NOT IN "
+                        "(SELECT tensor_sha256 FROM embedding UNION SELECT sha256 FROM preview)"
+                    ),
+                    {"s": sha},
+                )
 
     def record_sync(self, name: str, sync: SyncInfo) -> None:
         """Record Hub sync state (a push or pull of ``name``)."""
@@ -951,6 +1000,15 @@ class Library:
         for i, (ename, sha, what) in enumerate(rows):
             referenced.add(sha)
             problem = self.store.check(sha)
+            if problem == "missing" and self.shares_blobs:
+                # The local store is a cache: the database copy is what counts.
+                with self.reader() as r:
+                    data = r.blob(sha)
+                problem = (
+                    "missing (also from the shared catalog)"
+                    if data is None
+                    else (None if sha256_hex(data) == sha else "altered in the shared catalog")
+                )
             report.checked_blobs += 1
             if problem:
                 report.problems.append(f"{ename}: {what} blob {sha[:12]} is {problem}")
@@ -971,6 +1029,16 @@ class Library:
             removed = [s for s in removed if s not in referenced]
             for s in removed:
                 self.store.remove(s)
+            if self.shares_blobs:
+                with self.reader() as r:
+                    db_orphans = [
+                        x[0]
+                        for x in r._exec(
+                            "SELECT sha256 FROM blob WHERE sha256 NOT IN (SELECT tensor_sha256 "
+                            "FROM embedding UNION SELECT sha256 FROM preview)"
+                        )
+                    ]
+                self._delete_db_blobs(db_orphans)
             for t in temps:
                 with suppress(OSError):
                     t.unlink()
@@ -988,6 +1056,7 @@ class Library:
                 "embedding_source",
                 "training_run",
                 "hub_sync",
+                "blob",
             ):
                 out[table] = sorted(map(repr, r._exec(f"SELECT * FROM {table}")))
         return out
