@@ -194,3 +194,34 @@ def test_real_process_exit_codes(lib, emb_factory):
         timeout=60,
     )
     assert usage.returncode == 2
+
+
+def test_export_for_prompt_through_the_export_command(runner, lib, emb_factory, tmp_path):
+    lib.add_embedding(emb_factory("sd1", 2, 1), name="cat-toy", token="<cat-toy>")
+    lib.add_embedding(emb_factory("sd1", 1, 2), name="ukiyoe-print")
+    lib.add_embedding(emb_factory("sd1", 1, 3), name="unused-one")
+    lib.close()
+    out = tmp_path / "webui"
+    res = run(
+        runner,
+        "export",
+        "--for-prompt",
+        "a <cat-toy> in <ukiyoe-print:0.8> style",
+        "--format",
+        "comfyui",
+        "-o",
+        str(out),
+        "--json",
+    )
+    files = sorted(p.rsplit("/", 1)[-1] for p in json.loads(res.output)["files"])
+    assert files == ["cat-toy.safetensors", "ukiyoe-print.safetensors"]
+    res = runner.invoke(cli, ["export", "cat-toy", "--for-prompt", "<cat-toy>", "-o", str(out)])
+    assert res.exit_code == 2 and "either NAME or --for-prompt" in res.output
+    res = runner.invoke(
+        cli, ["export", "--for-prompt", "<cat-toy>", "--format", "sdxl", "-o", str(out)]
+    )
+    assert res.exit_code == 2 and "UI layout" in res.output
+    res = runner.invoke(cli, ["export", "cat-toy", "--format", "comfyui", "-o", str(out)])
+    assert res.exit_code == 2 and "for NAME use one of" in res.output
+    res = runner.invoke(cli, ["export", "--for-prompt", "<nope>", "-o", str(out / "x")])
+    assert res.exit_code == 6 and not (out / "x").exists()

@@ -39,9 +39,7 @@ UI_FORMATS = ["a1111", "comfyui", "invokeai", "diffusers"]
 @click.option("--height", default=None, type=int, help="Image height (default: the model's).")
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda or auto.")
 @click.option("--strict", is_flag=True, help="Refuse SD 1.x embeddings on SDXL (else: warn).")
-@click.option(
-    "--dry-run", is_flag=True, help="Check and show the expanded prompts; load no model."
-)
+@click.option("--dry-run", is_flag=True, help="Check and show the expanded prompts; load no model.")
 @click.option(
     "--format",
     "fmt",
@@ -131,18 +129,21 @@ def _render_compose(result: Any) -> None:
     out = console()
     if result.dry_run:
         out.print("[bold]dry run[/bold]: no model loaded, nothing written")
-    out.print(f"[bold]prompt[/bold]    {_esc(result.expanded_prompt)}")
+    out.print(f"[bold]prompt[/bold]    {_esc(result.expanded_prompt)}", soft_wrap=True)
     if result.expanded_negative is not None:
-        out.print(f"[bold]negative[/bold]  {_esc(result.expanded_negative)}")
+        out.print(f"[bold]negative[/bold]  {_esc(result.expanded_negative)}", soft_wrap=True)
     if result.base:
         fam = result.base_family or "family unknown until loaded"
-        out.print(f"[bold]base[/bold]      {_esc(result.base)} ({fam})")
+        out.print(f"[bold]base[/bold]      {_esc(result.base)} ({fam})", soft_wrap=True)
     for b in result.budgets:
-        out.print(f"[bold]tokens[/bold]    {b.which}: {_esc(b.summary())}")
+        out.print(f"[bold]tokens[/bold]    {b.which}: {_esc(b.summary())}", soft_wrap=True)
     if result.embeddings:
         table = Table(box=None, pad_edge=False)
-        for col in ("name", "weight", "vectors", "family", "fits", "hash", "token", "in"):
-            table.add_column(col)
+        table.add_column("name", overflow="fold")
+        for col in ("weight", "vectors", "family", "fits"):
+            table.add_column(col, no_wrap=True)
+        table.add_column("hash", no_wrap=True, min_width=12)
+        table.add_column("in", no_wrap=True)
         for e in result.embeddings:
             table.add_row(
                 _esc(e.name),
@@ -151,12 +152,11 @@ def _render_compose(result: Any) -> None:
                 e.family,
                 e.compatibility,
                 e.a1111_hash,
-                _esc(e.placeholder),
-                ", ".join(e.used_in),
+                "+".join("neg" if w.startswith("negative") else "pos" for w in e.used_in),
             )
         out.print(table)
     for path, seed in zip(result.images, result.seeds, strict=False):
-        out.print(f"wrote {_esc(str(path))} (seed {seed})")
+        out.print(f"wrote {_esc(str(path))} (seed {seed})", soft_wrap=True)
 
 
 def _esc(text: str) -> str:
@@ -237,13 +237,19 @@ def run_export_for_prompt(
     *,
     negative: str | None = None,
     overwrite: bool = False,
+    pt: bool = False,
     as_json: bool = False,
 ) -> None:
-    """The body of ``conceptlib export --for-prompt PROMPT --format UI -o DIR``."""
+    """The body of ``conceptlib export --for-prompt PROMPT --format UI -o DIR``.
+
+    ``fmt`` is one of :data:`UI_FORMATS`; ``pt`` writes A1111 ``.pt`` files.
+    """
     from conceptlib.compose.export import export_for_prompt
 
     with open_library() as lib:
-        paths = export_for_prompt(lib, prompt, fmt, out, negative=negative, overwrite=overwrite)
+        paths = export_for_prompt(
+            lib, prompt, fmt, out, negative=negative, overwrite=overwrite, pt=pt
+        )
     if as_json:
         print_json({"prompt": prompt, "format": fmt, "files": [str(p) for p in paths]})
     else:

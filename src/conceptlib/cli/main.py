@@ -29,6 +29,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("conceptlib.cli.manage:export_cmd", "Write an embedding for a UI or diffusers."),
     "verify": ("conceptlib.cli.manage:verify_cmd", "Check every blob and the database."),
     "gc": ("conceptlib.cli.manage:gc_cmd", "Remove orphan blobs from the store."),
+    "compose": (
+        "conceptlib.cli.compose:compose_cmd",
+        "Generate images from a prompt naming embeddings; --dry-run, --format.",
+    ),
+    "blend": ("conceptlib.cli.compose:blend_cmd", "Blend embeddings of one family into a new one."),
     "push": ("conceptlib.cli.hub:push_cmd", "Push a concept or a library to the Hugging Face Hub."),
     "pull": (
         "conceptlib.cli.hub:pull_cmd",

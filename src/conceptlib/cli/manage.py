@@ -76,16 +76,20 @@ def rm_cmd(names: tuple[str, ...], as_json: bool) -> None:
             click.echo(f"removed {n}")
 
 
+UI_LAYOUTS = ["a1111", "comfyui", "invokeai", "diffusers"]
+
+
 @click.command("export")
 @click.argument("name", required=False)
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(EXPORT_FORMATS),
-    default="safetensors",
-    show_default=True,
-    help="a1111-pt: A1111 .pt; safetensors: emb_params (SDXL: clip_l/clip_g), read by A1111, "
-    "ComfyUI, InvokeAI; diffusers: learned_embeds.safetensors keyed by token; sdxl: {clip_l, clip_g}.",
+    type=click.Choice(EXPORT_FORMATS + UI_LAYOUTS),
+    default=None,
+    help="For NAME: a1111-pt (A1111 .pt), safetensors (emb_params; SDXL as clip_l/clip_g, read "
+    "by A1111, ComfyUI, InvokeAI), diffusers (learned_embeds.safetensors keyed by token) or sdxl "
+    "({clip_l, clip_g}); default safetensors. With --for-prompt: the UI layout a1111, comfyui, "
+    "invokeai or diffusers; default a1111.",
 )
 @click.option(
     "-o",
@@ -95,21 +99,63 @@ def rm_cmd(names: tuple[str, ...], as_json: bool) -> None:
     type=click.Path(path_type=str),
     help="A folder (files named after the entry) or, for one-file formats, a file path.",
 )
+@click.option(
+    "--for-prompt",
+    "for_prompt",
+    metavar="PROMPT",
+    help="Write exactly the embeddings this prompt names (<name>, <name:0.8>), in a UI's layout.",
+)
+@click.option("--negative", metavar="PROMPT", help="With --for-prompt: the negative prompt too.")
+@click.option("--pt", is_flag=True, help="With --for-prompt --format a1111: write .pt files.")
 @click.option("--overwrite", is_flag=True, help="Replace existing files.")
 @json_option
-def export_cmd(name: str | None, fmt: str, out: str, overwrite: bool, as_json: bool) -> None:
-    """Write an embedding in a format a UI or diffusers reads.
+def export_cmd(
+    name: str | None,
+    fmt: str | None,
+    out: str,
+    for_prompt: str | None,
+    negative: str | None,
+    pt: bool,
+    overwrite: bool,
+    as_json: bool,
+) -> None:
+    """Write an embedding in a format a UI or diffusers reads, or every embedding a prompt
+    needs (--for-prompt).
 
     \b
     Examples:
       conceptlib export cat-toy --format a1111-pt -o ~/webui/embeddings
       conceptlib export cat-toy --format diffusers -o ./cat-toy
       conceptlib export my-xl-style --format sdxl -o style.safetensors
+      conceptlib export --for-prompt "a <cat-toy> in <ukiyoe:0.8> style" --negative "<easyneg>" \\
+          --format comfyui -o ~/ComfyUI/models/embeddings
     """
     from conceptlib.errors import UsageError
 
+    if for_prompt is not None:
+        if name:
+            raise UsageError("give either NAME or --for-prompt, not both")
+        fmt = fmt or "a1111"
+        if fmt not in UI_LAYOUTS:
+            raise UsageError(
+                f"--for-prompt writes a UI layout: --format {' | '.join(UI_LAYOUTS)}, not {fmt!r}"
+            )
+        from conceptlib.cli.compose import run_export_for_prompt
+
+        run_export_for_prompt(
+            for_prompt, fmt, out, negative=negative, overwrite=overwrite, pt=pt, as_json=as_json
+        )
+        return
     if not name:
-        raise UsageError("give the NAME of the embedding to export")
+        raise UsageError("give the NAME of the embedding to export (or --for-prompt PROMPT)")
+    if negative or pt:
+        raise UsageError("--negative and --pt go with --for-prompt")
+    fmt = fmt or "safetensors"
+    if fmt not in EXPORT_FORMATS:
+        raise UsageError(
+            f"--format {fmt} is a UI layout for --for-prompt; for NAME use one of "
+            f"{', '.join(EXPORT_FORMATS)}"
+        )
     with open_library() as lib:
         paths = lib.export(name, fmt, out, overwrite=overwrite)
     if as_json:

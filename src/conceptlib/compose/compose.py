@@ -1,0 +1,748 @@
+"""Compose: generate images from a prompt that names catalog embeddings.
+
+    >>> from conceptlib.compose.compose import compose
+    >>> result = compose("a photo of <cat-toy> in <ukiyoe:0.8> style", negative="<easynegative>",
+    ...                  base="./sd15", library=lib, seed=42, out="out.png")
+    >>> result.images
+    [PosixPath('out.png')]
+
+The order of work is chosen so that every mistake the user can make is reported
+before anything expensive happens: parse both prompts, resolve every name, check
+every embedding's family against the base model's (read from its config files when
+possible), estimate the token budget; only then load the model, count the budget
+exactly with its tokenizer, load the embeddings (one resize per encoder, see
+:mod:`conceptlib.compose.loader`), generate, and write PNGs whose ``parameters``
+chunk is A1111-style infotext (and whose ``conceptlib`` chunk is the same as JSON).
+
+Inside the pipeline each (embedding, weight) pair gets its own lower-case
+placeholder token, ``<cat-toy>`` or ``<ukiyoe:0.8>`` (suffixed ``-2`` if that
+string is taken), so typed names, trigger tokens and vocabulary words never clash.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from conceptlib.compose.budget import BudgetReport, check_budget, count_budget
+from conceptlib.compose.loader import check_compatibility, partial_note
+from conceptlib.compose.prompt import EmbeddingRef, format_weight, parse_prompt
+from conceptlib.compose.resolve import ResolvedPrompt, resolve_prompt
+from conceptlib.errors import BaseModelError, ConceptlibError, UsageError
+from conceptlib.schemas.enums import FAMILY_SLOTS, SLOT_WIDTH, WIDTH_SLOT, Family
+
+if TYPE_CHECKING:
+    from conceptlib.registry.library import Library
+    from conceptlib.schemas.records import EmbeddingInfo
+    from conceptlib.trainer.base import BaseModel
+
+#: Images generated per pipeline call (each with its own seeded generator).
+BATCH = 4
+
+#: diffusers scheduler class -> the sampler name A1111 writes.
+SAMPLER_NAMES = {
+    "DDIMScheduler": "DDIM",
+    "PNDMScheduler": "PLMS",
+    "LMSDiscreteScheduler": "LMS",
+    "EulerDiscreteScheduler": "Euler",
+    "EulerAncestralDiscreteScheduler": "Euler a",
+    "HeunDiscreteScheduler": "Heun",
+    "DPMSolverMultistepScheduler": "DPM++ 2M",
+    "DPMSolverSinglestepScheduler": "DPM++ SDE",
+    "KDPM2DiscreteScheduler": "DPM2",
+    "KDPM2AncestralDiscreteScheduler": "DPM2 a",
+    "UniPCMultistepScheduler": "UniPC",
+    "LCMScheduler": "LCM",
+    "DEISMultistepScheduler": "DEIS",
+}
+
+
+@dataclass
+class ComposeEmbedding:
+    """One embedding a composition uses (once per distinct weight)."""
+
+    name: str
+    token: str
+    placeholder: str
+    expansion: list[str]
+    weight: float
+    family: str
+    compatibility: str  # "full" | "partial" | "unknown" (no base family known)
+    num_vectors: int
+    tensor_sha256: str
+    file_sha256: str
+    used_in: list[str] = field(default_factory=list)
+
+    @property
+    def a1111_hash(self) -> str:
+        return self.file_sha256[:12]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "token": self.token,
+            "placeholder": self.placeholder,
+            "expansion": self.expansion,
+            "weight": self.weight,
+            "family": self.family,
+            "compatibility": self.compatibility,
+            "num_vectors": self.num_vectors,
+            "tensor_sha256": self.tensor_sha256,
+            "file_sha256": self.file_sha256,
+            "a1111_hash": self.a1111_hash,
+            "used_in": self.used_in,
+        }
+
+
+@dataclass
+class ComposeResult:
+    """What :func:`compose` did (or, with ``dry_run``, would do)."""
+
+    prompt: str
+    negative: str | None
+    expanded_prompt: str
+    expanded_negative: str | None
+    embeddings: list[ComposeEmbedding]
+    budgets: list[BudgetReport]
+    warnings: list[str]
+    dry_run: bool
+    base: str | None
+    base_family: str | None
+    base_model_id: str | None = None
+    fingerprint: str | None = None
+    steps: int | None = None
+    guidance: float | None = None
+    sampler: str | None = None
+    width: int | None = None
+    height: int | None = None
+    seeds: list[int] = field(default_factory=list)
+    images: list[Path] = field(default_factory=list)
+    infotexts: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "dry_run": self.dry_run,
+            "prompt": self.prompt,
+            "negative": self.negative,
+            "expanded_prompt": self.expanded_prompt,
+            "expanded_negative": self.expanded_negative,
+            "embeddings": [e.to_dict() for e in self.embeddings],
+            "budgets": [b.to_dict() for b in self.budgets],
+            "warnings": self.warnings,
+            "base": self.base,
+            "base_family": self.base_family,
+            "base_model_id": self.base_model_id,
+            "fingerprint": self.fingerprint,
+            "steps": self.steps,
+            "guidance": self.guidance,
+            "sampler": self.sampler,
+            "width": self.width,
+            "height": self.height,
+            "seeds": self.seeds,
+            "images": [str(p) for p in self.images],
+            "infotexts": self.infotexts,
+        }
+
+
+# --------------------------------------------------------------------------- base family
+
+
+def peek_family(ref: str | os.PathLike[str] | BaseModel | None) -> Family | None:
+    """The family of base model ``ref`` read from its config files, without loading it.
+
+    Knows the tiny models, diffusers folders (``text_encoder*/config.json``),
+    single-file ``.safetensors`` checkpoints (tensor names in the header) and repo
+    ids in the local Hugging Face cache. ``None`` when it cannot tell.
+    """
+    if ref is None:
+        return None
+    fam = getattr(ref, "family", None)
+    if fam is not None:
+        return Family(fam)
+    from conceptlib.trainer.tiny import TINY_MODELS
+
+    text = str(ref)
+    if text in TINY_MODELS:
+        return Family.SDXL if text == "tiny-sdxl" else Family.SD1
+    path = Path(text).expanduser()
+    try:
+        if path.is_dir():
+            return _folder_family(lambda sub: path / sub)
+        if path.is_file() and path.suffix.lower() == ".safetensors":
+            from conceptlib.trainer.base import single_file_family
+
+            return single_file_family(path)
+    except (ConceptlibError, OSError, ValueError):
+        return None
+    if re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", text):
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            def cached(sub: str) -> Path:
+                hit = try_to_load_from_cache(text, f"{sub.rsplit('/', 1)[0]}/config.json")
+                return (
+                    Path(hit).parent.parent / sub if isinstance(hit, str) else Path("/nonexistent")
+                )
+
+            return _folder_family(cached)
+        except Exception:
+            return None
+    return None
+
+
+def _folder_family(locate: Any) -> Family | None:
+    widths = []
+    for sub in ("text_encoder", "text_encoder_2"):
+        cfg = Path(locate(f"{sub}/config.json"))
+        if cfg.is_file():
+            widths.append(int(json.loads(cfg.read_text(encoding="utf-8"))["hidden_size"]))
+    table = {(768,): Family.SD1, (1024,): Family.SD2, (768, 1280): Family.SDXL}
+    return table.get(tuple(widths))
+
+
+def family_widths(family: Family) -> list[int]:
+    return [SLOT_WIDTH[s] for s in FAMILY_SLOTS[family]]
+
+
+# --------------------------------------------------------------------------- placeholders
+
+
+def _slug(name: str) -> str:
+    s = re.sub(r"[^a-z0-9._-]+", "-", name.casefold()).strip("-")
+    return s or "ti"
+
+
+def assign_placeholders(
+    pairs: Sequence[tuple[EmbeddingInfo, float]],
+    *,
+    literal_texts: Sequence[str] = (),
+    is_taken: Callable[[str], bool] | None = None,
+) -> dict[tuple[str, float], list[str]]:
+    """(tensor_sha256, weight) -> the per-vector placeholder tokens for each pair.
+
+    Placeholders are lower-case (CLIP lower-cases prompts), end in ``>`` so that none
+    is a prefix of another, and avoid tokens for which ``is_taken`` is true (what a
+    tokenizer already knows) and any string the literal text contains.
+    """
+    text = " ".join(literal_texts).lower()
+    out: dict[tuple[str, float], list[str]] = {}
+    used: set[str] = set()
+    for info, weight in pairs:
+        key = (info.tensor_sha256, weight)
+        if key in out:
+            continue
+        stem = _slug(info.name) + ("" if weight == 1.0 else ":" + format_weight(weight))
+        k = 1
+        while True:
+            base = f"<{stem}>" if k == 1 else f"<{stem}-{k}>"
+            seq = [base] + [f"{base}_{i}" for i in range(1, info.num_vectors)]
+            clash = any(t in used or (is_taken is not None and is_taken(t)) for t in seq)
+            if not clash and base not in text:
+                break
+            k += 1
+        used.update(seq)
+        out[key] = seq
+    return out
+
+
+# --------------------------------------------------------------------------- infotext
+
+
+def _quote(value: str) -> str:
+    """Quote an infotext value the way A1111 does (JSON string when it has , : or newline)."""
+    if "," not in value and ":" not in value and "\n" not in value and '"' not in value:
+        return value
+    return json.dumps(value, ensure_ascii=False)
+
+
+def infotext(
+    prompt: str,
+    negative: str | None,
+    params: Sequence[tuple[str, Any]],
+) -> str:
+    """A1111 ``parameters`` text: the prompt, ``Negative prompt: ...``, then ``Key: value, ...``."""
+    lines = [prompt]
+    if negative:
+        lines.append(f"Negative prompt: {negative}")
+    lines.append(", ".join(f"{k}: {_quote(str(v))}" for k, v in params if v is not None))
+    return "\n".join(lines)
+
+
+_PARAM = re.compile(r'\s*([\w ()\-/.]+):\s*("(?:\\.|[^\\"])*"|[^,]*)(?:,|$)')
+
+
+def parse_infotext(text: str) -> dict[str, Any]:
+    """Read A1111 infotext back: ``{"prompt", "negative", "params": {key: value}}``."""
+    lines = text.split("\n")
+    params_line = lines[-1] if len(lines) > 1 else ""
+    if not _PARAM.match(params_line) or "Steps:" not in params_line:
+        params_line = ""
+        body = lines
+    else:
+        body = lines[:-1]
+    prompt_lines: list[str] = []
+    neg_lines: list[str] | None = None
+    for line in body:
+        if line.startswith("Negative prompt:"):
+            neg_lines = [line[len("Negative prompt:") :].strip()]
+        elif neg_lines is not None:
+            neg_lines.append(line)
+        else:
+            prompt_lines.append(line)
+    params: dict[str, str] = {}
+    for m in _PARAM.finditer(params_line):
+        key, value = m.group(1).strip(), m.group(2).strip()
+        if value.startswith('"'):
+            value = json.loads(value)
+        if key:
+            params[key] = value
+    return {
+        "prompt": "\n".join(prompt_lines),
+        "negative": "\n".join(neg_lines) if neg_lines is not None else None,
+        "params": params,
+    }
+
+
+def short_fingerprint(fingerprint: str | None, n: int = 10) -> str | None:
+    """``fp1:abcdef...`` -> ``abcdef0123`` (what A1111 shows as ``Model hash``)."""
+    if not fingerprint:
+        return None
+    return fingerprint.rsplit(":", 1)[-1][:n]
+
+
+# --------------------------------------------------------------------------- compose
+
+
+def _output_paths(out: str | os.PathLike[str] | None, n: int) -> list[Path]:
+    path = Path(out if out is not None else "compose.png").expanduser()
+    if path.suffix.lower() != ".png":
+        path = path.with_name(path.name + ".png") if not path.suffix else path.with_suffix(".png")
+    if n == 1:
+        return [path]
+    return [path.with_name(f"{path.stem}-{i}{path.suffix}") for i in range(1, n + 1)]
+
+
+def _validate_numbers(
+    steps: int, guidance: float, n: int, width: int | None, height: int | None
+) -> None:
+    if steps < 1:
+        raise UsageError(f"--steps is {steps}; expected at least 1")
+    if n < 1:
+        raise UsageError(f"-n is {n}; expected at least 1")
+    if guidance < 0:
+        raise UsageError(f"--guidance is {guidance}; expected 0 or more")
+    for label, v in (("--width", width), ("--height", height)):
+        if v is not None and (v < 8 or v % 8):
+            raise UsageError(f"{label} is {v}; expected a multiple of 8")
+
+
+def compose(
+    prompt: str,
+    negative: str | None = None,
+    *,
+    base: str | os.PathLike[str] | BaseModel | None,
+    library: Library,
+    steps: int = 20,
+    guidance: float = 7.5,
+    seed: int | None = None,
+    n: int = 1,
+    out: str | os.PathLike[str] | None = None,
+    strict: bool = False,
+    dry_run: bool = False,
+    width: int | None = None,
+    height: int | None = None,
+    device: str | None = None,
+    overwrite: bool = False,
+) -> ComposeResult:
+    """Generate ``n`` images of ``prompt`` with the embeddings it names.
+
+    Args:
+        prompt: text with ``<name>`` / ``<name:0.8>`` references.
+        negative: the negative prompt (same syntax).
+        base: a base-model reference for :func:`conceptlib.trainer.base.load_base`
+            (``tiny-sd1``, a diffusers folder, a ``.safetensors`` file, a cached repo id)
+            or an already loaded ``BaseModel``. May be ``None`` only with ``dry_run``.
+        library: the catalog the names resolve in.
+        steps, guidance: denoising steps and classifier-free guidance scale.
+        seed: the first image's seed (image ``i`` uses ``seed + i``); random if ``None``.
+        n: number of images.
+        out: the PNG path (``out-1.png``, ``out-2.png``... when ``n > 1``).
+        strict: refuse SD 1.x embeddings on SDXL instead of warning.
+        dry_run: stop after the checks; load no model and write nothing.
+        width, height: image size (default: the model's native size).
+        device: ``cpu``, ``cuda`` or ``None``/``auto``.
+        overwrite: replace existing output files.
+
+    Raises:
+        PromptSyntaxError, InvalidWeight: a malformed prompt (with its column).
+        UnknownEmbedding: a name the catalog lacks (with close matches).
+        ConflictingWeights: one prompt names an embedding with two weights.
+        IncompatibleEmbedding, PartialCompatibility: families that do not fit.
+        TokenBudgetExceeded: a prompt over CLIP's 75-token window (with what used it).
+        BaseModelError: a base model that cannot be loaded.
+        UsageError: bad numbers, or output files that exist without ``overwrite``.
+    """
+    _validate_numbers(steps, guidance, n, width, height)
+    parsed = parse_prompt(prompt, which="prompt")
+    parsed_neg = parse_prompt(negative, which="negative prompt") if negative is not None else None
+    resolved = resolve_prompt(library, parsed)
+    resolved_neg = resolve_prompt(library, parsed_neg) if parsed_neg is not None else None
+    prompts = [r for r in (resolved, resolved_neg) if r is not None]
+
+    if base is None and not dry_run:
+        raise UsageError("no base model given; pass --base (tiny-sd1, a diffusers folder, ...)")
+    family = peek_family(base)
+    warnings_out: list[str] = []
+    levels = _check_families(prompts, family, strict, warnings_out)
+
+    budgets = [check_budget(count_budget(r)) for r in prompts]
+    pairs = _pairs(prompts)
+    literal = [p.parsed.literal_text for p in prompts]
+    placeholders = assign_placeholders(pairs, literal_texts=literal)
+    result = ComposeResult(
+        prompt=prompt,
+        negative=negative,
+        expanded_prompt="",
+        expanded_negative=None,
+        embeddings=_embeddings(prompts, placeholders, levels),
+        budgets=budgets,
+        warnings=warnings_out,
+        dry_run=dry_run,
+        base=None if base is None else str(getattr(base, "ref", base)),
+        base_family=family.value if family else None,
+        steps=steps,
+        guidance=guidance,
+    )
+    _set_expanded(result, resolved, resolved_neg, placeholders)
+    if dry_run:
+        return result
+
+    paths = _output_paths(out, n)
+    if not overwrite:
+        for p in paths:
+            if p.exists():
+                raise UsageError(f"{p} already exists", hint="pass --overwrite to replace it")
+
+    bm = _load_base(base, device)
+    result.base = bm.ref
+    result.base_model_id = bm.model_id
+    result.fingerprint = bm.fingerprint
+    if family is None or Family(bm.family) != family:
+        family = Family(bm.family)
+        result.base_family = family.value
+        warnings_out.clear()
+        levels = _check_families(prompts, family, strict, warnings_out)
+        for e in result.embeddings:
+            e.compatibility = levels[e.tensor_sha256]
+    return _generate(
+        result,
+        bm,
+        library,
+        resolved,
+        resolved_neg,
+        pairs,
+        literal,
+        seed=seed,
+        n=n,
+        paths=paths,
+        width=width,
+        height=height,
+        strict=strict,
+    )
+
+
+def _pairs(prompts: Sequence[ResolvedPrompt]) -> list[tuple[EmbeddingInfo, float]]:
+    pairs: list[tuple[EmbeddingInfo, float]] = []
+    for p in prompts:
+        for info, weight in p.distinct():
+            if not any(i.tensor_sha256 == info.tensor_sha256 and w == weight for i, w in pairs):
+                pairs.append((info, weight))
+    return pairs
+
+
+def _check_families(
+    prompts: Sequence[ResolvedPrompt], family: Family | None, strict: bool, notes: list[str]
+) -> dict[str, str]:
+    levels: dict[str, str] = {}
+    for p in prompts:
+        for r in p.refs:
+            info = r.info
+            if info.tensor_sha256 in levels:
+                continue
+            if family is None:
+                levels[info.tensor_sha256] = "unknown"
+                continue
+            shapes = ", ".join(
+                f"{WIDTH_SLOT.get(w, '?')} [{info.num_vectors}, {w}]"
+                for w in sorted(info.dims, key=lambda w: WIDTH_SLOT.get(w, "?"))
+            )
+            level = check_compatibility(
+                f"<{info.name}>", info.family, shapes, family, family_widths(family), strict=strict
+            )
+            levels[info.tensor_sha256] = level
+            if level == "partial":
+                notes.append(partial_note(f"<{info.name}>", info.family, family))
+    return levels
+
+
+def _embeddings(
+    prompts: Sequence[ResolvedPrompt],
+    placeholders: dict[tuple[str, float], list[str]],
+    levels: dict[str, str],
+) -> list[ComposeEmbedding]:
+    out: dict[tuple[str, float], ComposeEmbedding] = {}
+    for p in prompts:
+        for r in p.refs:
+            key = (r.info.tensor_sha256, r.weight)
+            e = out.get(key)
+            if e is None:
+                seq = placeholders[key]
+                e = out[key] = ComposeEmbedding(
+                    name=r.info.name,
+                    token=r.info.token,
+                    placeholder=seq[0],
+                    expansion=seq,
+                    weight=r.weight,
+                    family=r.info.family,
+                    compatibility=levels.get(r.info.tensor_sha256, "unknown"),
+                    num_vectors=r.info.num_vectors,
+                    tensor_sha256=r.info.tensor_sha256,
+                    file_sha256=r.info.file_sha256,
+                )
+            if p.which not in e.used_in:
+                e.used_in.append(p.which)
+    return list(out.values())
+
+
+def _pipeline_text(
+    resolved: ResolvedPrompt, placeholders: dict[tuple[str, float], list[str]], *, expand: bool
+) -> str:
+    infos = resolved.by_ref()
+
+    def one(ref: EmbeddingRef) -> str:
+        seq = placeholders[(infos[ref].info.tensor_sha256, ref.effective_weight)]
+        return " ".join(seq) if expand else seq[0]
+
+    return resolved.parsed.render(one)
+
+
+def _set_expanded(
+    result: ComposeResult,
+    resolved: ResolvedPrompt,
+    resolved_neg: ResolvedPrompt | None,
+    placeholders: dict[tuple[str, float], list[str]],
+) -> None:
+    result.expanded_prompt = _pipeline_text(resolved, placeholders, expand=True)
+    if resolved_neg is not None:
+        result.expanded_negative = _pipeline_text(resolved_neg, placeholders, expand=True)
+
+
+def _load_base(base: Any, device: str | None) -> BaseModel:
+    if hasattr(base, "pipeline") and hasattr(base, "family"):
+        return base
+    from conceptlib.trainer.base import load_base
+
+    try:
+        return load_base(str(base), device=device)
+    except ConceptlibError:
+        raise
+    except Exception as exc:
+        raise BaseModelError(
+            f"cannot load base model {str(base)!r} ({type(exc).__name__}: {exc})", ref=str(base)
+        ) from exc
+
+
+def _generate(
+    result: ComposeResult,
+    bm: BaseModel,
+    library: Library,
+    resolved: ResolvedPrompt,
+    resolved_neg: ResolvedPrompt | None,
+    pairs: list[tuple[EmbeddingInfo, float]],
+    literal: list[str],
+    *,
+    seed: int | None,
+    n: int,
+    paths: list[Path],
+    width: int | None,
+    height: int | None,
+    strict: bool,
+) -> ComposeResult:
+    import warnings
+
+    import torch
+    from diffusers.loaders import TextualInversionLoaderMixin
+
+    from conceptlib.compose.loader import LoadItem, load_embeddings, pipeline_encoders
+
+    pipe = bm.pipeline
+    specs = pipeline_encoders(pipe)
+    tokenizer = specs[0].tokenizer
+    prompts = [r for r in (resolved, resolved_neg) if r is not None]
+    result.budgets = [check_budget(count_budget(r, tokenizer)) for r in prompts]
+
+    vocabs = [spec.tokenizer.get_vocab() for spec in specs]
+
+    def is_taken(token: str) -> bool:
+        return any(
+            token in vocab or len(spec.tokenizer.encode(token, add_special_tokens=False)) == 1
+            for spec, vocab in zip(specs, vocabs, strict=True)
+        )
+
+    placeholders = assign_placeholders(pairs, literal_texts=literal, is_taken=is_taken)
+    for e in result.embeddings:
+        seq = placeholders[(e.tensor_sha256, e.weight)]
+        e.placeholder, e.expansion = seq[0], seq
+    _set_expanded(result, resolved, resolved_neg, placeholders)
+
+    items = [
+        LoadItem(
+            token=placeholders[(info.tensor_sha256, weight)][0],
+            embedding=library.load(info),
+            weight=weight,
+            name=f"<{info.name}>",
+        )
+        for info, weight in pairs
+    ]
+    self_expanding = isinstance(pipe, TextualInversionLoaderMixin)
+    first = int(seed) if seed is not None else secrets.randbelow(2**32)
+    seeds = [(first + i) % 2**32 for i in range(n)]
+    native = bm.native_resolution
+    w, h = width or native, height or native
+    result.seeds, result.width, result.height = seeds, w, h
+    result.sampler = SAMPLER_NAMES.get(type(pipe.scheduler).__name__, type(pipe.scheduler).__name__)
+
+    from conceptlib.trainer.base import quiet_libraries
+
+    with quiet_libraries(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with load_embeddings(pipe, items, strict=strict) as loaded:
+            text = _pipeline_text(resolved, placeholders, expand=not self_expanding)
+            neg = (
+                _pipeline_text(resolved_neg, placeholders, expand=not self_expanding)
+                if resolved_neg is not None
+                else None
+            )
+            images = []
+            for start in range(0, n, BATCH):
+                batch = seeds[start : start + BATCH]
+                generators = [torch.Generator(device="cpu").manual_seed(s) for s in batch]
+                with torch.inference_mode():
+                    images += pipe(
+                        prompt=text,
+                        negative_prompt=neg,
+                        num_inference_steps=result.steps,
+                        guidance_scale=result.guidance,
+                        num_images_per_prompt=len(batch),
+                        generator=generators,
+                        width=w,
+                        height=h,
+                        output_type="pil",
+                    ).images
+    for note in loaded.warnings:
+        if note not in result.warnings:
+            result.warnings.append(note)
+
+    for path, image, s in zip(paths, images, seeds, strict=True):
+        info_text = _infotext_for(result, bm, s, image.size)
+        _write_png(path, image, info_text, _json_record(result, bm, s, image.size))
+        result.images.append(path)
+        result.infotexts.append(info_text)
+    return result
+
+
+def _infotext_for(result: ComposeResult, bm: BaseModel, seed: int, size: tuple[int, int]) -> str:
+    ti = ", ".join(f"{e.name}: {e.a1111_hash}" for e in _unique_by_name(result.embeddings))
+    params: list[tuple[str, Any]] = [
+        ("Steps", result.steps),
+        ("Sampler", result.sampler),
+        ("CFG scale", format_weight(float(result.guidance or 0))),
+        ("Seed", seed),
+        ("Size", f"{size[0]}x{size[1]}"),
+        ("Model hash", short_fingerprint(bm.fingerprint)),
+        ("Model", bm.model_id),
+        ("TI hashes", ti or None),
+        ("Version", f"conceptlib {_version()}"),
+    ]
+    return infotext(result.prompt, result.negative, params)
+
+
+def _unique_by_name(embs: Sequence[ComposeEmbedding]) -> list[ComposeEmbedding]:
+    seen: dict[str, ComposeEmbedding] = {}
+    for e in embs:
+        seen.setdefault(e.name, e)
+    return list(seen.values())
+
+
+def _json_record(result: ComposeResult, bm: BaseModel, seed: int, size: tuple[int, int]) -> str:
+    return json.dumps(
+        {
+            "prompt": result.prompt,
+            "negative": result.negative,
+            "expanded_prompt": result.expanded_prompt,
+            "expanded_negative": result.expanded_negative,
+            "seed": seed,
+            "steps": result.steps,
+            "guidance": result.guidance,
+            "sampler": result.sampler,
+            "size": list(size),
+            "base": {
+                "ref": bm.ref,
+                "model_id": bm.model_id,
+                "family": Family(bm.family).value,
+                "fingerprint": bm.fingerprint,
+            },
+            "embeddings": [
+                {
+                    "name": e.name,
+                    "weight": e.weight,
+                    "tensor_sha256": e.tensor_sha256,
+                    "file_sha256": e.file_sha256,
+                    "compatibility": e.compatibility,
+                }
+                for e in result.embeddings
+            ],
+            "version": _version(),
+        },
+        ensure_ascii=False,
+    )
+
+
+def _version() -> str:
+    from conceptlib import __version__
+
+    return __version__
+
+
+def _write_png(path: Path, image: Any, parameters: str, record: str) -> None:
+    import io
+
+    from PIL.PngImagePlugin import PngInfo
+
+    from conceptlib.registry.store import atomic_write
+
+    meta = PngInfo()
+    meta.add_text("parameters", parameters)
+    meta.add_text("conceptlib", record)
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", pnginfo=meta)
+    atomic_write(path, buf.getvalue())
+
+
+def format_prompts(library: Library, prompt: str, negative: str | None, fmt: str) -> Any:
+    """``prompt`` (and ``negative``) in UI ``fmt``'s syntax; see :mod:`conceptlib.compose.formats`."""
+    from conceptlib.compose.formats import render_prompts
+
+    resolved = resolve_prompt(library, parse_prompt(prompt, which="prompt"))
+    resolved_neg = (
+        resolve_prompt(library, parse_prompt(negative, which="negative prompt"))
+        if negative is not None
+        else None
+    )
+    return render_prompts(resolved, resolved_neg, fmt)

@@ -1,0 +1,117 @@
+"""Write exactly the embedding files a prompt needs, laid out for one UI.
+
+=========  ================================================================
+format     files written into ``out_dir``
+=========  ================================================================
+a1111      ``<name>.safetensors`` (``emb_params``; SDXL ``{clip_l, clip_g}``),
+           or ``<name>.pt`` with ``pt=True`` (SD 1.x/2.x only); the file
+           name is the word A1111 matches in the prompt
+comfyui    ``<name>.safetensors`` (``models/embeddings``; prompt ``embedding:<name>``)
+invokeai   ``<name>.safetensors``, one file per embedding
+diffusers  ``<name>/learned_embeds.safetensors`` (+ ``_2`` for SDXL), keyed by the
+           trigger token, one folder per embedding
+=========  ================================================================
+
+The prompt rendered for the same UI (:mod:`conceptlib.compose.formats`) names these
+files, so ``export --for-prompt P --format F`` and ``compose P --format F`` agree.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from conceptlib.compose.formats import UI_FORMATS
+from conceptlib.compose.prompt import parse_prompt
+from conceptlib.compose.resolve import resolve_prompt
+from conceptlib.errors import UsageError
+
+if TYPE_CHECKING:
+    from conceptlib.registry.library import Library
+    from conceptlib.schemas.records import EmbeddingInfo
+
+
+def needed_embeddings(
+    library: Library, prompt: str, negative: str | None = None
+) -> list[EmbeddingInfo]:
+    """The distinct entries ``prompt`` (and ``negative``) name, in order of appearance."""
+    out: dict[str, EmbeddingInfo] = {}
+    for text, which in ((prompt, "prompt"), (negative, "negative prompt")):
+        if text is None:
+            continue
+        resolved = resolve_prompt(library, parse_prompt(text, which=which))
+        for r in resolved.refs:
+            out.setdefault(r.info.tensor_sha256, r.info)
+    return list(out.values())
+
+
+def _writer_format(ui: str, family: str, pt: bool) -> str:
+    if ui == "diffusers":
+        return "diffusers"
+    if family == "sdxl":
+        return "sdxl"
+    return "a1111-pt" if (pt and ui == "a1111") else "safetensors"
+
+
+def files_for(
+    library: Library, info: EmbeddingInfo, fmt: str, *, pt: bool = False
+) -> dict[str, bytes]:
+    """The files (relative path -> bytes) one entry needs in UI ``fmt``'s layout."""
+    from conceptlib.registry.formats import write_embedding
+
+    writer = _writer_format(fmt, info.family, pt)
+    written = write_embedding(library.load(info), writer, name=info.name, token=info.token)
+    if fmt == "diffusers":
+        return {f"{info.name}/{Path(rel).name}": data for rel, data in written.items()}
+    if len(written) != 1:
+        raise UsageError(f"the {writer} writer produced {len(written)} files for {info.name}")
+    rel, data = next(iter(written.items()))
+    return {f"{info.name}{Path(rel).suffix or '.safetensors'}": data}
+
+
+def export_for_prompt(
+    library: Library,
+    prompt: str,
+    fmt: str,
+    out_dir: str | os.PathLike[str],
+    *,
+    negative: str | None = None,
+    overwrite: bool = False,
+    pt: bool = False,
+) -> list[Path]:
+    """Write the files that ``prompt`` (and ``negative``) need, in UI ``fmt``'s layout.
+
+    Args:
+        library: the catalog the names resolve in.
+        prompt: a prompt in conceptlib syntax (``<name>``, ``<name:0.8>``).
+        fmt: ``a1111``, ``comfyui``, ``invokeai`` or ``diffusers``.
+        out_dir: the UI's embeddings folder (created if missing).
+        negative: the negative prompt, whose embeddings are written too.
+        overwrite: replace files that exist (otherwise refuse before writing any).
+        pt: for ``a1111``, write ``.pt`` files instead of ``.safetensors`` (SD 1.x/2.x).
+
+    Returns:
+        The paths written, one per file.
+
+    Raises:
+        UsageError: an unknown format, or a file that exists without ``overwrite``.
+        UnknownEmbedding, PromptSyntaxError, ConflictingWeights: from the prompt.
+    """
+    from conceptlib.registry.store import atomic_write
+
+    if fmt not in UI_FORMATS:
+        raise UsageError(f"unknown format {fmt!r}; expected one of {', '.join(UI_FORMATS)}")
+    infos = needed_embeddings(library, prompt, negative)
+    out = Path(out_dir).expanduser()
+    targets: dict[Path, bytes] = {}
+    for info in infos:
+        for rel, data in files_for(library, info, fmt, pt=pt).items():
+            targets[out / rel] = data
+    if not overwrite:
+        clashes = [p for p in targets if p.exists()]
+        if clashes:
+            raise UsageError(f"{clashes[0]} already exists", hint="pass --overwrite to replace it")
+    for path, data in targets.items():
+        atomic_write(path, data)
+    return list(targets)
