@@ -376,14 +376,41 @@ class Library:
                 existing=existing.name,
                 tensor_sha256=tensor_sha,
             )
-        with self.reader() as r:
-            self._check_names(r, pending, {})
-        self.store.put(canonical, tensor_sha)
-        for p in previews:
-            sha = self.store.put(p.data)
-            pending.previews.append((_safe_filename(p.filename), p.role, sha, len(p.data)))
-        self._commit([pending])
+        try:
+            with self.reader() as r:
+                self._check_names(r, pending, {})
+        except NameCollision:
+            # Another writer may have committed these very vectors since we looked.
+            raced = self.by_tensor_sha256(tensor_sha)
+            if raced is None:
+                raise
+            if on_duplicate == "return":
+                return raced
+            raise AlreadyExists(
+                f"these vectors are already in the catalog as {raced.name!r}",
+                existing=raced.name,
+                tensor_sha256=tensor_sha,
+            ) from None
+        with self._cleanup_on_failure():
+            self.store.put(canonical, tensor_sha)
+            for p in previews:
+                sha = self.store.put(p.data)
+                pending.previews.append((_safe_filename(p.filename), p.role, sha, len(p.data)))
+            self._commit([pending])
         return self.get(pending.name)
+
+    @contextmanager
+    def _cleanup_on_failure(self, mark: int | None = None) -> Iterator[None]:
+        """On failure, remove the blobs written since ``mark`` that no row references and
+        nobody else touched since: the store ends as it was (bad inputs 25)."""
+        start = len(self.store.created) if mark is None else mark
+        try:
+            yield
+        except BaseException:
+            self._discard_unused(start)
+            raise
+        else:
+            del self.store.created[start:]
 
     def _check_names(
         self,
@@ -625,6 +652,7 @@ class Library:
         batch_keys: dict[str, str] = {}
         seen_tensors: dict[str, str] = {}
         total = len(files)
+        mark = len(self.store.created)
         for i, f in enumerate(files):
             outcome = ImportOutcome(path=str(f), status="rejected")
             try:
@@ -642,8 +670,20 @@ class Library:
                         outcome.status, outcome.existing = "present", existing.name
                         outcome.name = existing.name
                     else:
-                        with self.reader() as r:
-                            self._check_names(r, pending, batch_keys)
+                        try:
+                            with self.reader() as r:
+                                self._check_names(r, pending, batch_keys)
+                        except NameCollision:
+                            # Another writer may have committed these vectors meanwhile.
+                            raced = self.by_tensor_sha256(pending.tensor_sha256)
+                            if raced is None:
+                                raise
+                            outcome.status, outcome.existing = "present", raced.name
+                            outcome.name = raced.name
+                            report.outcomes.append(outcome)
+                            if on_progress:
+                                on_progress(i + 1, total, str(f))
+                            continue
                         self._store_pending(pending)
                         batch.append((pending, outcome))
                         batch_keys[name_key(pending.name)] = pending.name
@@ -654,22 +694,39 @@ class Library:
                 outcome.status, outcome.reason, outcome.error = "rejected", exc.message, exc.code
                 outcome.existing = getattr(exc, "existing", None)
                 outcome.exception = exc
+            except (
+                ValueError,
+                TypeError,
+                KeyError,
+                IndexError,
+                OverflowError,
+                RecursionError,
+            ) as exc:
+                # A reader bug must not abort a folder import: reject this file, go on.
+                err = EmbeddingFileError(
+                    f"could not be read ({type(exc).__name__}: {exc}); please report this file",
+                    path=str(f),
+                )
+                outcome.status, outcome.reason, outcome.error = "rejected", err.message, err.code
+                outcome.exception = err
             report.outcomes.append(outcome)
             if len(batch) >= IMPORT_BATCH:
-                self._flush(batch)
+                self._flush(batch, mark)
                 batch, batch_keys = [], {}
+                mark = len(self.store.created)
             if on_progress:
                 on_progress(i + 1, total, str(f))
-        self._flush(batch)
+        self._flush(batch, mark)
         return report
 
-    def _flush(self, batch: list[tuple[_Pending, ImportOutcome]]) -> None:
+    def _flush(self, batch: list[tuple[_Pending, ImportOutcome]], mark: int) -> None:
+        """Commit a batch; on a lost race commit one by one. Blobs written for entries that
+        end up not committed (and that nobody else uses) are removed again."""
         if not batch:
+            del self.store.created[mark:]
             return
         try:
             self._commit([p for p, _ in batch])
-            for _, o in batch:
-                o.status = "imported"
         except (AlreadyExists, NameCollision):
             # Another writer won a race for one of them: commit one by one.
             for p, o in batch:
@@ -680,6 +737,21 @@ class Library:
                     o.status, o.existing, o.name = "present", exc.existing, exc.existing
                 except ConceptlibError as exc:
                     o.status, o.reason, o.error = "rejected", exc.message, exc.code
+            self._discard_unused(mark)
+            return
+        except BaseException:
+            self._discard_unused(mark)
+            raise
+        for _, o in batch:
+            o.status = "imported"
+        del self.store.created[mark:]
+
+    def _discard_unused(self, mark: int) -> None:
+        try:
+            referenced = self._referenced_blobs()
+        except Exception:  # the catalog itself is failing: leave the blobs to gc
+            return
+        self.store.discard_created(mark, referenced)
 
     def _store_pending(self, p: _Pending) -> None:
         # Not durable yet: _commit syncs the whole batch once before inserting rows.
@@ -919,20 +991,32 @@ class Library:
             )
 
     def add_previews(self, name: str, previews: Sequence[Preview]) -> EmbeddingInfo:
-        from conceptlib.catalog.models import PreviewRow
+        """Attach preview images to an entry (blobs first, then rows)."""
+        from conceptlib.catalog import dialect
+        from conceptlib.catalog.models import PreviewRow, utcnow
 
         info = self.get(name)
         rows = []
-        for p in previews:
-            sha = self.store.put(p.data)
-            rows.append((_safe_filename(p.filename), p.role, sha, len(p.data)))
-        with self.catalog.write() as session:
-            for filename, role, sha, size in rows:
-                session.add(
-                    PreviewRow(
-                        embedding_id=info.id, filename=filename, role=role, sha256=sha, size=size
+        with self._cleanup_on_failure():
+            for p in previews:
+                sha = self.store.put(p.data)
+                rows.append((_safe_filename(p.filename), p.role, sha, len(p.data)))
+            with self.catalog.write() as session:
+                for filename, role, sha, size in rows:
+                    session.add(
+                        PreviewRow(
+                            embedding_id=info.id,
+                            filename=filename,
+                            role=role,
+                            sha256=sha,
+                            size=size,
+                        )
                     )
-                )
+                if self.shares_blobs:
+                    blobs = {sha: self.store.get(sha, verify=False) for _f, _r, sha, _s in rows}
+                    dialect.insert_blobs(
+                        session.connection(), self.catalog.dialect_name, blobs, utcnow()
+                    )
         return self.get(info.name)
 
     # ------------------------------------------------------------------ export

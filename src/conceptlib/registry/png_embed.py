@@ -160,6 +160,10 @@ def decode_embedding_text(text: bytes, *, path: str | None = None) -> dict[str, 
         raise CorruptFile(
             f"PNG chunk {TEXT_KEY!r} is not JSON ({exc.msg} at {exc.pos})", path=path
         ) from None
+    except ValueError:  # an integer too long to parse (Python's int_max_str_digits)
+        raise CorruptFile(
+            f"PNG chunk {TEXT_KEY!r} holds a number too long to parse", path=path
+        ) from None
     except RecursionError:
         raise CorruptFile(f"PNG chunk {TEXT_KEY!r} nests JSON too deeply", path=path) from None
     if not isinstance(obj, dict):

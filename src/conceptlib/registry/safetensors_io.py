@@ -89,6 +89,8 @@ def parse_header(data: bytes) -> tuple[dict[str, dict], dict[str, str], int]:
         header = json.loads(text, object_pairs_hook=_no_duplicates)
     except json.JSONDecodeError as exc:
         raise CorruptFile(f"safetensors header is not JSON: {exc.msg} at {exc.pos}") from None
+    except ValueError:  # an integer too long to parse (Python's int_max_str_digits)
+        raise CorruptFile("safetensors header holds a number too long to parse") from None
     except RecursionError:
         raise CorruptFile("safetensors header is nested too deeply") from None
     if not isinstance(header, dict):

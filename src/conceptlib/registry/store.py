@@ -22,15 +22,22 @@ from conceptlib.errors import BlobCorrupt, DiskFull, StoreError
 TMP_PREFIX = ".tmp-"
 
 
+#: fsync on a folder is not supported everywhere; those answers are not failures.
+_FSYNC_UNSUPPORTED = {errno.EINVAL, errno.ENOTSUP, errno.EBADF, errno.EROFS}
+
+
 def _fsync_dir(path: Path) -> None:
+    """Make a rename in ``path`` durable. A real I/O error is raised: a row must not be
+    committed for a blob whose name may not survive a crash."""
     try:
         fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
+    except OSError as exc:
+        raise StoreError(f"could not open {path} to sync it: {exc.strerror or exc}") from None
     try:
         os.fsync(fd)
-    except OSError:
-        pass
+    except OSError as exc:
+        if exc.errno not in _FSYNC_UNSUPPORTED:
+            raise StoreError(f"could not sync {path}: {exc.strerror or exc}") from None
     finally:
         os.close(fd)
 
@@ -106,6 +113,8 @@ class BlobStore:
         self.root = Path(root)
         self.fsync = fsync
         self._unsynced: list[Path] = []
+        #: (sha256, mtime_ns) of blobs written by this object, for failed-commit clean-up.
+        self.created: list[tuple[str, int]] = []
 
     def sync(self) -> None:
         """Make every blob written with ``durable=False`` durable."""
@@ -123,8 +132,10 @@ class BlobStore:
                     os.fsync(fd)
                 finally:
                     os.close(fd)
-            except OSError:
-                pass
+            except OSError as exc:
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise DiskFull(f"no space left syncing {p.name}") from None
+                raise StoreError(f"could not sync {p}: {exc.strerror or exc}") from None
         for d in {p.parent for p in pending}:
             _fsync_dir(d)
 
@@ -142,11 +153,31 @@ class BlobStore:
             raise StoreError(f"blob hash mismatch: expected {sha256}, data hashes to {digest}")
         target = self.path(digest)
         if target.is_file() and self.check(digest) is None:
+            # Touch it: a failed writer cleaning up its own new blobs (see `created`)
+            # leaves alone any blob someone else has used since.
+            with contextlib.suppress(OSError):
+                os.utime(target)
             return digest
         atomic_write(target, data, fsync=self.fsync and durable)
         if not durable:
             self._unsynced.append(target)
+        self.created.append((digest, target.stat().st_mtime_ns))
         return digest
+
+    def discard_created(self, since: int, referenced: set[str]) -> None:
+        """Remove blobs this store object created after mark ``since`` that nothing
+        references and nobody touched since (the clean-up of a failed commit)."""
+        for digest, mtime in self.created[since:]:
+            if digest in referenced:
+                continue
+            p = self.path(digest)
+            try:
+                if p.stat().st_mtime_ns == mtime:
+                    p.unlink()
+            except OSError:
+                pass
+        del self.created[since:]
+        self._unsynced = [p for p in self._unsynced if p.exists()]
 
     def get(self, sha256: str, *, verify: bool = True) -> bytes:
         """Read a blob; with ``verify`` its hash is checked and a mismatch refused."""
