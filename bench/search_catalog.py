@@ -26,11 +26,49 @@ from pathlib import Path
 
 import numpy as np
 
-WORDS = (
-    "watercolor oil ink pastel neon cyberpunk ukiyoe baroque gothic portrait landscape cat dog "
-    "toy plush robot castle forest ocean desert city night sunset anime sketch charcoal marble "
-    "bronze glass paper origami pixel vapor retro vintage film grain bokeh macro golden hour"
-).split()
+WORDS = [
+    "watercolor",
+    "oil",
+    "ink",
+    "pastel",
+    "neon",
+    "cyberpunk",
+    "ukiyoe",
+    "baroque",
+    "gothic",
+    "portrait",
+    "landscape",
+    "cat",
+    "dog",
+    "toy",
+    "plush",
+    "robot",
+    "castle",
+    "forest",
+    "ocean",
+    "desert",
+    "city",
+    "night",
+    "sunset",
+    "anime",
+    "sketch",
+    "charcoal",
+    "marble",
+    "bronze",
+    "glass",
+    "paper",
+    "origami",
+    "pixel",
+    "vapor",
+    "retro",
+    "vintage",
+    "film",
+    "grain",
+    "bokeh",
+    "macro",
+    "golden",
+    "hour",
+]
 
 
 def build(home: Path, n: int, seed: int = 0) -> float:
@@ -42,12 +80,18 @@ def build(home: Path, n: int, seed: int = 0) -> float:
     lib.store.fsync = False
     families = ["sd1", "sd1", "sd1", "sd2", "sdxl", "sdxl"]
     kinds = ["object", "style", "negative", "other"]
-    widths = {"sd1": {"clip_l": 768}, "sd2": {"clip_h": 1024}, "sdxl": {"clip_l": 768, "clip_g": 1280}}
+    widths = {
+        "sd1": {"clip_l": 768},
+        "sd2": {"clip_h": 1024},
+        "sdxl": {"clip_l": 768, "clip_g": 1280},
+    }
     t0 = time.perf_counter()
     batch = []
     for i in range(n):
         fam = families[i % len(families)]
-        slots = {s: rng.standard_normal((1, d)).astype(np.float32) * 0.02 for s, d in widths[fam].items()}
+        slots = {
+            s: rng.standard_normal((1, d)).astype(np.float32) * 0.02 for s, d in widths[fam].items()
+        }
         emb = Embedding(vectors=slots)
         canonical = emb.canonical_bytes()
         sha = lib.store.put(canonical)
@@ -115,16 +159,20 @@ def main() -> None:
         "text": ["search", "concept-04242", "--json"],
         "--help": ["--help"],
     }
-    for label, cmd in cmds.items():
+    for _label, cmd in cmds.items():
         times = []
         for _ in range(max(3, args.runs // 2)):
             t0 = time.perf_counter()
             subprocess.run(
-                [sys.executable, "-m", "conceptlib", *cmd], env=env, check=True,
+                [sys.executable, "-m", "conceptlib", *cmd],
+                env=env,
+                check=True,
                 stdout=subprocess.DEVNULL,
             )
             times.append((time.perf_counter() - t0) * 1000)
-        print(f"CLI process `conceptlib {' '.join(cmd)}`: {statistics.median(times):.0f} ms median wall")
+        print(
+            f"CLI process `conceptlib {' '.join(cmd)}`: {statistics.median(times):.0f} ms median wall"
+        )
     t0 = time.perf_counter()
     subprocess.run([sys.executable, "-c", "pass"], check=True)
     print(f"(bare `python -c pass` on this machine: {(time.perf_counter() - t0) * 1000:.0f} ms)")

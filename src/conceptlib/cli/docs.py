@@ -36,7 +36,14 @@ def render_cli_reference() -> str:
     for name in sorted(COMMANDS):
         cmd = cli.get_command(click.Context(cli), name)
         assert cmd is not None
-        parts += ["", f"## conceptlib {name}", "", "```text", _help(cmd, f"conceptlib {name}"), "```"]
+        parts += [
+            "",
+            f"## conceptlib {name}",
+            "",
+            "```text",
+            _help(cmd, f"conceptlib {name}"),
+            "```",
+        ]
     return "\n".join(parts) + "\n"
 
 

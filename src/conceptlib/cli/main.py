@@ -20,6 +20,10 @@ from conceptlib.errors import ConceptlibError
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("conceptlib.cli.demo:demo_cmd", "Run the built-in demo on generated samples."),
     "import": ("conceptlib.cli.importing:import_cmd", "Import embedding files and folders."),
+    "train": (
+        "conceptlib.cli.train:train_cmd",
+        "Train a textual-inversion embedding on images and register it.",
+    ),
     "list": ("conceptlib.cli.browse:list_cmd", "List every embedding in the catalog."),
     "search": ("conceptlib.cli.browse:search_cmd", "Find embeddings by text, tag, family..."),
     "show": ("conceptlib.cli.browse:show_cmd", "Show everything known about one embedding."),
@@ -103,6 +107,7 @@ def cli(ctx: click.Context, debug: bool) -> None:
     \b
     Examples:
       conceptlib demo
+      conceptlib train photos/ --name cat-toy --init toy --base ./sd15
       conceptlib import ~/webui/embeddings --recursive
       conceptlib search watercolor --tag style --family sd1
       conceptlib show easynegative

@@ -1,0 +1,539 @@
+"""The textual-inversion step: only the new rows learn.
+
+:class:`TextualInversion` holds everything one run needs on the device:
+
+* one fp32 parameter ``[n, d]`` per text-encoder slot, merged into the frozen
+  token-embedding lookup by :class:`MergedEmbedding` (placeholder ids are the ids
+  the tokenizer gave the new tokens, just past the frozen table); the frozen table,
+  the encoders, the UNet and the VAE never receive gradients or updates;
+* the templates, tokenized once per tokenizer;
+* the VAE posterior (mean, std) of every image and of its mirror image, encoded
+  once; each step samples ``z = mean + std * eps``;
+* one seeded ``torch.Generator`` for every random draw, so a run is reproducible and
+  a checkpoint that stores the generator state resumes bit-for-bit.
+
+A step does no host synchronisation: the loss is written into a device buffer that
+the caller reads every few steps (:meth:`TextualInversion.read_losses`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from conceptlib.errors import TrainingError
+from conceptlib.schemas.enums import Family
+
+if TYPE_CHECKING:
+    import torch
+
+    from conceptlib.trainer.base import BaseModel
+
+
+def placeholder_tokens(name: str, n: int) -> list[str]:
+    """The tokens standing for the concept inside training prompts: ``<slug_0>``..."""
+    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "concept"
+    return [f"<{slug}_{i}>" for i in range(n)]
+
+
+def pooled_index(input_ids: torch.Tensor, eos_token_id: int) -> torch.Tensor:
+    """Position of the first end-of-text token in each row of ``input_ids``.
+
+    SDXL's pooled text embedding is read there. Taking ``argmax(input_ids)`` instead
+    (what CLIP configs with ``eos_token_id == 2`` do) picks the placeholder once new
+    tokens with higher ids are added: diffusers' SDXL training script has that bug.
+    """
+    import torch
+
+    return (input_ids == eos_token_id).to(torch.int32).argmax(dim=-1)
+
+
+def _make_merged_embedding_class() -> type:
+    import torch
+
+    class MergedEmbedding(torch.nn.Module):
+        """A frozen ``nn.Embedding`` with trainable rows for ids ``first_id ..``."""
+
+        def __init__(self, frozen: torch.nn.Embedding, rows: torch.nn.Parameter, first_id: int):
+            super().__init__()
+            self.frozen = frozen
+            # A list keeps the parameter out of the encoder's parameters(): its dtype
+            # and device queries keep answering for the frozen weights.
+            self._rows = [rows]
+            self.first_id = first_id
+
+        @property
+        def weight(self) -> torch.Tensor:
+            return self.frozen.weight
+
+        @property
+        def rows(self) -> torch.nn.Parameter:
+            return self._rows[0]
+
+        def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+            rows = self._rows[0]
+            is_new = input_ids >= self.first_id
+            base = self.frozen(torch.where(is_new, torch.zeros_like(input_ids), input_ids))
+            offset = (input_ids - self.first_id).clamp(0, rows.shape[0] - 1)
+            new = rows[offset].to(base.dtype)
+            return torch.where(is_new.unsqueeze(-1), new, base)
+
+    return MergedEmbedding
+
+
+@dataclass
+class InitReport:
+    """How the initializer word became the initial vectors of one slot."""
+
+    slot: str
+    tokens: list[str]
+    token_ids: list[int]
+    vectors: int
+
+    def message(self, init: str) -> str | None:
+        k = len(self.tokens)
+        shown = ", ".join(self.tokens)
+        if k == 1:
+            if self.vectors > 1:
+                return (
+                    f"{self.slot}: initializer {init!r} is one token; all {self.vectors} vectors "
+                    "start from it"
+                )
+            return None
+        if self.vectors >= k:
+            return (
+                f"{self.slot}: initializer {init!r} is {k} tokens ({shown}); the {self.vectors} "
+                f"vectors cycle through them (vector i starts from token i mod {k})"
+            )
+        return (
+            f"{self.slot}: initializer {init!r} is {k} tokens ({shown}) but there are only "
+            f"{self.vectors} vector(s); cycling uses the first {self.vectors} "
+            f"({', '.join(self.tokens[: self.vectors])})"
+        )
+
+
+class TextualInversion:
+    """One textual-inversion run on a loaded base model.
+
+    Args:
+        base: the loaded frozen base model (its tokenizers get the placeholder tokens).
+        pixels: ``[N, 3, r, r]`` float32 images in [-1, 1].
+        templates: prompt templates, each with one ``{}``.
+        name: concept name (used to make the placeholder tokens).
+        init: initializer text; its tokens give the initial vectors (cycled).
+        vectors: number of vectors per slot.
+        lr: AdamW learning rate.
+        batch: images per step.
+        seed: seed of the run's generator.
+        weight_decay: AdamW weight decay on the new rows.
+        flip: also cache mirrored images and sample them half the time.
+        compile: wrap the UNet in ``torch.compile``.
+
+    The encoders' embedding layers are swapped for :class:`MergedEmbedding` until
+    :meth:`close` (also on a failure inside the constructor).
+    """
+
+    def __init__(
+        self,
+        base: BaseModel,
+        pixels: np.ndarray,
+        templates: Sequence[str],
+        *,
+        name: str,
+        init: str,
+        vectors: int = 1,
+        lr: float = 5e-3,
+        batch: int = 4,
+        seed: int = 0,
+        weight_decay: float = 0.0,
+        flip: bool = True,
+        compile: bool = False,
+        total_steps: int = 1,
+    ) -> None:
+        import torch
+
+        self.base = base
+        self.device = torch.device(base.device)
+        self.dtype = base.dtype
+        self.family = base.family
+        self.batch = int(batch)
+        self.num_vectors = int(vectors)
+        self.step_count = 0
+        pipe = base.pipeline
+        self.unet = pipe.unet
+        self.vae = pipe.vae
+        for module in (pipe.unet, pipe.vae, *(s.encoder for s in base.slots)):
+            module.requires_grad_(False)
+            module.eval()
+        self.generator = torch.Generator(device=self.device).manual_seed(int(seed))
+        self._merged: list[tuple[Any, Any, Any]] = []  # (encoder, original, merged)
+        try:
+            self._setup(pixels, templates, name=name, init=init, lr=lr, weight_decay=weight_decay,
+                        flip=flip, compile=compile, total_steps=total_steps)  # fmt: skip
+        except BaseException:
+            self.close()
+            raise
+
+    def _setup(
+        self,
+        pixels: np.ndarray,
+        templates: Sequence[str],
+        *,
+        name: str,
+        init: str,
+        lr: float,
+        weight_decay: float,
+        flip: bool,
+        compile: bool,
+        total_steps: int,
+    ) -> None:
+        import torch
+
+        base, pipe = self.base, self.base.pipeline
+        # ---- placeholder tokens and trainable rows
+        self.tokens = placeholder_tokens(name, self.num_vectors)
+        self.placeholder_text = " ".join(self.tokens)
+        self.params: dict[str, torch.nn.Parameter] = {}
+        self.init_reports: list[InitReport] = []
+        merged_cls = _make_merged_embedding_class()
+        for slot in base.slots:
+            tok, enc = slot.tokenizer, slot.encoder
+            frozen = enc.get_input_embeddings()
+            vocab = int(frozen.weight.shape[0])
+            # A previous run on this pipeline may have added them already: reuse those.
+            known = tok.get_vocab()
+            tok.add_tokens([t for t in self.tokens if t not in known])
+            ids = tok.convert_tokens_to_ids(self.tokens)
+            if ids != list(range(ids[0], ids[0] + len(ids))) or ids[0] < vocab:
+                raise TrainingError(
+                    f"{slot.slot} tokenizer gave the placeholder tokens ids {ids}; expected "
+                    f"consecutive ids from {vocab} (the size of its embedding table)"
+                )
+            init_ids = tok(init, add_special_tokens=False).input_ids
+            if not init_ids:
+                raise TrainingError(
+                    f"initializer {init!r} has no tokens in the {slot.slot} tokenizer"
+                )
+            report = InitReport(
+                slot.slot, tok.convert_ids_to_tokens(init_ids), list(init_ids), self.num_vectors
+            )
+            self.init_reports.append(report)
+            table = frozen.weight.detach()
+            rows = [init_ids[i % len(init_ids)] for i in range(self.num_vectors)]
+            start = table[torch.tensor(rows, device=table.device)].float()
+            param = torch.nn.Parameter(start.to(self.device, torch.float32).clone())
+            self.params[slot.slot] = param
+            merged = merged_cls(frozen, param, ids[0])
+            enc.set_input_embeddings(merged)
+            self._merged.append((enc, frozen, merged))
+
+        # ---- templates, tokenized once per tokenizer
+        self.templates = list(templates)
+        prompts = [t.format(self.placeholder_text) for t in self.templates]
+        self.template_ids = [self._tokenize(s, prompts) for s in base.slots]
+        first = self.template_ids[0]
+        start_id = self._merged[0][2].first_id
+        present = (first >= start_id).sum(dim=1)
+        if bool((present != self.num_vectors).any()):
+            bad = self.templates[int((present != self.num_vectors).nonzero()[0, 0])]
+            raise TrainingError(
+                f"template {bad!r} is too long: the placeholder falls outside 77 tokens"
+            )
+        self.eos_ids = [int(s.tokenizer.eos_token_id) for s in base.slots]
+
+        # ---- noise schedule
+        sched = pipe.scheduler.config
+        self.prediction_type = sched.get("prediction_type", "epsilon")
+        from diffusers import DDPMScheduler
+
+        ddpm = DDPMScheduler.from_config(sched)
+        self.num_train_timesteps = int(ddpm.config.num_train_timesteps)
+        self.alphas_cumprod = ddpm.alphas_cumprod.to(self.device, torch.float32)
+
+        # ---- images: VAE posterior of each image and its mirror, once
+        self.resolution = int(pixels.shape[-1])
+        self.mean, self.std = self._encode_images(pixels, flip=flip)
+        self.num_latents = int(self.mean.shape[0])
+        if self.family == Family.SDXL:
+            r = self.resolution
+            self.add_time_ids = torch.tensor(
+                [[r, r, 0, 0, r, r]], device=self.device, dtype=self.dtype
+            )
+
+        # ---- optimizer and loss buffer
+        fused = self.device.type == "cuda"
+        self.optimizer = torch.optim.AdamW(
+            list(self.params.values()), lr=lr, weight_decay=weight_decay, fused=fused or None
+        )
+        self.scaler = (
+            torch.amp.GradScaler(self.device.type) if self.dtype == torch.float16 else None
+        )
+        self.loss_buffer = torch.zeros(max(1, total_steps), device=self.device, dtype=torch.float32)
+        if self.device.type == "cuda":
+            self.unet.to(memory_format=torch.channels_last)
+        self.unet_fn = self.unet
+        if compile:
+            self.unet_fn = torch.compile(self.unet, dynamic=False)
+
+    # ------------------------------------------------------------------ set-up helpers
+
+    def _tokenize(self, slot: Any, prompts: list[str]) -> torch.Tensor:
+        tok = slot.tokenizer
+        length = min(int(tok.model_max_length), int(slot.encoder.config.max_position_embeddings))
+        ids = tok(
+            prompts, padding="max_length", max_length=length, truncation=True, return_tensors="pt"
+        )
+        return ids.input_ids.to(self.device)
+
+    def _encode_images(
+        self, pixels: np.ndarray, *, flip: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        import torch
+
+        vae = self.vae
+        cfg = vae.config
+        upcast = bool(cfg.get("force_upcast", False)) and self.dtype != torch.float32
+        vae_dtype = torch.float32 if upcast else self.dtype
+        if upcast:
+            vae.to(torch.float32)
+        x = torch.from_numpy(pixels)
+        if flip:
+            x = torch.cat([x, torch.flip(x, dims=[3])])
+        scale = float(cfg.scaling_factor)
+        shift = float(cfg.get("shift_factor", None) or 0.0)
+        means, stds = [], []
+        with torch.no_grad():
+            for chunk in x.split(4):
+                dist = vae.encode(chunk.to(self.device, vae_dtype)).latent_dist
+                means.append((dist.mean.float() - shift) * scale)
+                stds.append(dist.std.float() * scale)
+        if upcast:
+            vae.to(self.dtype)
+        return torch.cat(means), torch.cat(stds)
+
+    # ------------------------------------------------------------------ model calls
+
+    def encode_prompts(
+        self, ids: Sequence[torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Text conditioning the way the diffusers pipelines build it, from token ids.
+
+        SD 1.x/2.x: the last hidden state. SDXL: both encoders' penultimate hidden
+        states concatenated, and the pooled embedding of the second encoder read at
+        the end-of-text token (:func:`pooled_index`), then projected.
+        """
+        import torch
+
+        slots = self.base.slots
+        if self.family != Family.SDXL:
+            return slots[0].encoder(ids[0]).last_hidden_state, None
+        out_l = slots[0].encoder(ids[0], output_hidden_states=True)
+        out_g = slots[1].encoder(ids[1], output_hidden_states=True)
+        idx = pooled_index(ids[1], self.eos_ids[1])
+        last = out_g.last_hidden_state
+        pooled = slots[1].encoder.text_projection(
+            last[torch.arange(last.shape[0], device=last.device), idx]
+        )
+        return torch.cat([out_l.hidden_states[-2], out_g.hidden_states[-2]], dim=-1), pooled
+
+    def encode_texts(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return self.encode_prompts([self._tokenize(s, list(texts)) for s in self.base.slots])
+
+    def _unet(
+        self, noisy: torch.Tensor, t: torch.Tensor, emb: torch.Tensor, pooled: Any
+    ) -> torch.Tensor:
+        kwargs: dict[str, Any] = {}
+        if self.family == Family.SDXL:
+            b = noisy.shape[0]
+            kwargs["added_cond_kwargs"] = {
+                "text_embeds": pooled.to(self.dtype),
+                "time_ids": self.add_time_ids.expand(b, -1),
+            }
+        return self.unet_fn(
+            noisy.to(self.dtype), t, encoder_hidden_states=emb.to(self.dtype), **kwargs
+        ).sample
+
+    def _draw(self, generator: torch.Generator, batch: int) -> dict[str, torch.Tensor]:
+        import torch
+
+        dev = self.device
+        idx = torch.randint(0, self.num_latents, (batch,), generator=generator, device=dev)
+        tmpl = torch.randint(0, len(self.templates), (batch,), generator=generator, device=dev)
+        eps = torch.randn(self.mean[idx].shape, generator=generator, device=dev)
+        noise = torch.randn(eps.shape, generator=generator, device=dev)
+        t = torch.randint(0, self.num_train_timesteps, (batch,), generator=generator, device=dev)
+        return {"idx": idx, "tmpl": tmpl, "eps": eps, "noise": noise, "t": t}
+
+    def _loss(self, d: dict[str, torch.Tensor]) -> torch.Tensor:
+
+        z = self.mean[d["idx"]] + self.std[d["idx"]] * d["eps"]
+        ab = self.alphas_cumprod[d["t"]].view(-1, 1, 1, 1)
+        noisy = ab.sqrt() * z + (1 - ab).sqrt() * d["noise"]
+        if self.prediction_type == "v_prediction":
+            target = ab.sqrt() * d["noise"] - (1 - ab).sqrt() * z
+        elif self.prediction_type == "sample":
+            target = z
+        else:
+            target = d["noise"]
+        emb, pooled = self.encode_prompts([ids[d["tmpl"]] for ids in self.template_ids])
+        pred = self._unet(noisy, d["t"], emb, pooled)
+        return compute_loss(pred, target, step=self.step_count)
+
+    # ------------------------------------------------------------------ training
+
+    def step(self) -> None:
+        """One optimisation step; the loss lands in ``loss_buffer[step]`` (no host sync)."""
+        d = self._draw(self.generator, self.batch)
+        loss = self._loss(d)
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            loss.backward()
+            self.optimizer.step()
+        if self.step_count >= self.loss_buffer.shape[0]:
+            self._grow_buffer(self.step_count + 1)
+        self.loss_buffer[self.step_count] = loss.detach()
+        self.step_count += 1
+
+    def _grow_buffer(self, size: int) -> None:
+        import torch
+
+        grown = torch.zeros(max(size, 2 * self.loss_buffer.shape[0]), device=self.device)
+        grown[: self.loss_buffer.shape[0]] = self.loss_buffer
+        self.loss_buffer = grown
+
+    def read_losses(self, start: int, stop: int) -> list[float]:
+        """Losses of steps ``start..stop-1`` (0-based): one host sync."""
+        return [float(x) for x in self.loss_buffer[start:stop].cpu().tolist()]
+
+    def eval_loss(self, *, draws: int = 64, seed: int = 12345, batch: int | None = None) -> float:
+        """Mean loss over ``draws`` fixed (image, template, noise, timestep) draws.
+
+        The draws come from their own generator, so the value only depends on the
+        current vectors: compare vectors on equal terms (the planted-concept check).
+        """
+        import torch
+
+        g = torch.Generator(device=self.device).manual_seed(seed)
+        batch = batch or self.batch
+        total, seen = 0.0, 0
+        with torch.no_grad():
+            while seen < draws:
+                b = min(batch, draws - seen)
+                total += float(self._loss(self._draw(g, b))) * b
+                seen += b
+        return total / draws
+
+    # ------------------------------------------------------------------ vectors and state
+
+    def vectors(self) -> dict[str, np.ndarray]:
+        """The current vectors ``{slot: float32 [n, d]}``."""
+        return {k: p.detach().float().cpu().numpy().copy() for k, p in self.params.items()}
+
+    @contextlib.contextmanager
+    def using_vectors(self, vectors: dict[str, np.ndarray]) -> Iterator[None]:
+        """Temporarily replace the trained vectors (for evaluation and generation)."""
+        import torch
+
+        saved = {k: p.detach().clone() for k, p in self.params.items()}
+        with torch.no_grad():
+            for k, p in self.params.items():
+                p.copy_(torch.as_tensor(np.asarray(vectors[k], dtype=np.float32)))
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for k, p in self.params.items():
+                    p.copy_(saved[k])
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint needs to continue exactly: vectors, optimizer, RNG, step, losses."""
+
+        state: dict[str, Any] = {
+            "step": self.step_count,
+            "vectors": {k: p.detach().cpu().clone() for k, p in self.params.items()},
+            "optimizer": self.optimizer.state_dict(),
+            "generator": self.generator.get_state(),
+            "losses": self.loss_buffer[: self.step_count].detach().cpu().clone(),
+        }
+        if self.scaler is not None:
+            state["scaler"] = self.scaler.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        import torch
+
+        with torch.no_grad():
+            for k, p in self.params.items():
+                p.copy_(state["vectors"][k].to(p.device, p.dtype))
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["generator"])
+        self.step_count = int(state["step"])
+        losses = state["losses"].to(self.device, torch.float32)
+        if losses.shape[0] > self.loss_buffer.shape[0]:
+            self._grow_buffer(losses.shape[0])
+        self.loss_buffer[: losses.shape[0]] = losses
+        if self.scaler is not None and "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])
+
+    # ------------------------------------------------------------------ samples
+
+    def generate(
+        self,
+        prompts: Sequence[str],
+        *,
+        seed: int = 0,
+        steps: int = 30,
+        guidance: float = 7.5,
+        negative: str = "",
+    ) -> list[Any]:
+        """Images from the frozen pipeline with the current vectors; ``{}`` in a prompt
+        is replaced by the placeholder tokens. Uses its own generator."""
+        import torch
+
+        pipe = self.base.pipeline
+        texts = [p.format(self.placeholder_text) if "{}" in p else p for p in prompts]
+        images = []
+        with torch.no_grad():
+            emb, pooled = self.encode_texts(texts)
+            neg, neg_pooled = self.encode_texts([negative] * len(texts))
+            for i in range(len(texts)):
+                kwargs: dict[str, Any] = {
+                    "prompt_embeds": emb[i : i + 1].to(self.dtype),
+                    "negative_prompt_embeds": neg[i : i + 1].to(self.dtype),
+                }
+                if pooled is not None:
+                    kwargs["pooled_prompt_embeds"] = pooled[i : i + 1].to(self.dtype)
+                    kwargs["negative_pooled_prompt_embeds"] = neg_pooled[i : i + 1].to(self.dtype)
+                g = torch.Generator(device=self.device).manual_seed(seed + i)
+                out = pipe(
+                    num_inference_steps=steps,
+                    guidance_scale=guidance,
+                    height=self.resolution,
+                    width=self.resolution,
+                    generator=g,
+                    **kwargs,
+                )
+                images.append(out.images[0])
+        return images
+
+    def close(self) -> None:
+        """Put the frozen embedding tables back into the encoders."""
+        for enc, original, _ in self._merged:
+            enc.set_input_embeddings(original)
+        self._merged = []
+
+
+def compute_loss(pred: torch.Tensor, target: torch.Tensor, *, step: int) -> torch.Tensor:
+    """Mean squared error in fp32 (a module-level function so tests can inject a NaN)."""
+    import torch.nn.functional as F
+
+    return F.mse_loss(pred.float(), target.float())

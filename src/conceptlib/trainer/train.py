@@ -1,0 +1,529 @@
+"""``train()``: images in, a registered concept out.
+
+The steps, in order: validate the name (before any work), load and validate the
+images, load the base model, build the :class:`~conceptlib.trainer.loop.TextualInversion`
+run, resume from its checkpoint if asked, train with periodic checkpoints and
+samples, draw the loss curve and the sample grid, and register the embedding with
+a training-run row (full config, steps, final loss, wall time, device, base-model
+fingerprint, training-images hash, initializer).
+
+The function never prints: it reports through ``progress`` (a callable receiving
+:class:`TrainProgress`) and ``log`` (a callable receiving one line of text).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from conceptlib.errors import InvalidName, NameCollision, NaNLoss, TrainingError, UsageError
+from conceptlib.schemas.enums import Kind
+
+if TYPE_CHECKING:
+    from conceptlib.registry.embedding import Embedding
+    from conceptlib.registry.library import Library
+    from conceptlib.schemas.records import EmbeddingInfo
+    from conceptlib.trainer.base import BaseModel
+
+#: Defaults for a real base model on a GPU (documented in docs/training.md).
+DEFAULT_STEPS = 2000
+DEFAULT_LR = 5e-3
+DEFAULT_BATCH = 4
+DEFAULT_CHECKPOINT_EVERY = 250
+DEFAULT_SAMPLE_EVERY = 500
+#: Steps between reads of the loss on a GPU (each read is a host sync).
+SYNC_EVERY_CUDA = 10
+#: ``final_loss`` is the mean loss of the last this-many steps.
+FINAL_LOSS_WINDOW = 50
+
+PRECISIONS = ("bf16", "fp16", "fp32")
+
+
+@dataclass
+class TrainProgress:
+    """One progress report: sent after set-up and then every few steps."""
+
+    step: int
+    total: int
+    loss: float | None  # mean loss since the previous report
+    steps_per_s: float | None
+    eta_s: float | None
+    phase: str = "train"  # "setup" | "train" | "samples" | "done"
+
+
+@dataclass
+class TrainResult:
+    """What a run produced (``to_dict()`` is what ``train --json`` prints)."""
+
+    name: str
+    embedding: Embedding
+    info: EmbeddingInfo | None
+    config: dict[str, Any]
+    steps: int
+    final_loss: float
+    wall_time_s: float
+    device: str
+    precision: str
+    family: str
+    base_model: str
+    base_model_fingerprint: str
+    training_images_hash: str
+    training_image_count: int
+    initializer: str
+    init_tokens: dict[str, list[str]]
+    losses: list[float]
+    run_dir: Path
+    embedding_path: Path
+    loss_curve_path: Path
+    sample_paths: list[Path] = field(default_factory=list)
+    grid_path: Path | None = None
+    resumed_from: int | None = None
+    log: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {k: v for k, v in asdict(self).items() if k not in ("embedding", "info", "losses")}
+        for k in ("run_dir", "embedding_path", "loss_curve_path", "grid_path"):
+            out[k] = str(out[k]) if out[k] is not None else None
+        out["sample_paths"] = [str(p) for p in self.sample_paths]
+        out["tensor_sha256"] = self.embedding.tensor_sha256
+        out["registered"] = self.info is not None
+        out["info"] = self.info.to_dict() if self.info is not None else None
+        return out
+
+
+def _check_options(name: str, vectors: int, steps: int, lr: float, batch: int, kind: str) -> str:
+    from conceptlib.config import MAX_VECTORS
+    from conceptlib.schemas.names import validate_name
+
+    name = validate_name(name)
+    if not 1 <= vectors <= MAX_VECTORS:
+        raise UsageError(f"--vectors {vectors}: expected 1 to {MAX_VECTORS}")
+    if steps < 1:
+        raise UsageError(f"--steps {steps}: expected at least 1")
+    if not (lr > 0 and math.isfinite(lr)):
+        raise UsageError(f"--lr {lr}: expected a positive number")
+    if batch < 1:
+        raise UsageError(f"--batch {batch}: expected at least 1")
+    try:
+        Kind(kind)
+    except ValueError as exc:
+        raise UsageError(f"--kind {kind!r}: expected object or style") from exc
+    return name
+
+
+def _check_registrable(library: Library, name: str, tags: Sequence[str]) -> None:
+    """Fail before training, not after, when the result could not be registered."""
+    from conceptlib.registry.library import validate_tag
+    from conceptlib.schemas.vocabulary import is_common_word
+
+    for tag in tags:
+        validate_tag(tag)
+    if is_common_word(name):
+        raise InvalidName(
+            f"the name {name!r} is an ordinary word: as a trigger it would silently change "
+            f"what {name!r} means in every prompt",
+            hint=f"choose a distinctive name, e.g. {name}-style or my-{name}",
+        )
+    existing = library.find(name)
+    if existing is not None:
+        raise NameCollision(
+            f"the name {name!r} is taken by an existing embedding ({existing.name})",
+            hint="choose another --name, or remove the existing entry first",
+            existing=existing.name,
+        )
+
+
+def _precision(precision: str | None, device: str) -> tuple[str, Any]:
+    import torch
+
+    if precision is None:
+        precision = "bf16" if device.startswith("cuda") else "fp32"
+    if precision not in PRECISIONS:
+        raise UsageError(f"--precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
+    return precision, dtype
+
+
+def train(
+    images: Sequence[str | os.PathLike[str]],
+    *,
+    name: str,
+    init: str,
+    base: str | os.PathLike[str] | BaseModel = "tiny-sd1",
+    vectors: int = 1,
+    kind: str = "object",
+    steps: int = DEFAULT_STEPS,
+    lr: float = DEFAULT_LR,
+    batch: int = DEFAULT_BATCH,
+    resolution: int | None = None,
+    seed: int = 0,
+    templates: str | os.PathLike[str] | None = None,
+    tags: Sequence[str] = (),
+    description: str | None = None,
+    precision: str | None = None,
+    resume: bool = False,
+    checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY,
+    sample_every: int = DEFAULT_SAMPLE_EVERY,
+    sample_steps: int | None = None,
+    weight_decay: float = 0.0,
+    flip: bool = True,
+    compile: bool = False,
+    device: str | None = None,
+    base_config: str | os.PathLike[str] | None = None,
+    min_images: int | None = None,
+    library: Library | None = None,
+    register: bool = True,
+    run_dir: str | os.PathLike[str] | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    progress: Callable[[TrainProgress], None] | None = None,
+    log: Callable[[str], None] | None = None,
+) -> TrainResult:
+    """Train a textual-inversion embedding on ``images`` and register it.
+
+    Args:
+        images: image files and/or folders (a folder contributes its image files).
+        name: the concept's name in the catalog (also its trigger token).
+        init: initializer word(s); their tokens give the initial vectors, cycled.
+        base: ``tiny-sd1``, ``tiny-sdxl``, a diffusers folder, a ``.safetensors``
+            checkpoint, a repo id in the local Hugging Face cache, or an already
+            loaded :class:`~conceptlib.trainer.base.BaseModel` (its tokenizers keep
+            the placeholder tokens afterwards).
+        vectors: vectors per text-encoder slot (1-75).
+        kind: ``object`` or ``style``; picks the default templates.
+        steps, lr, batch: optimisation length, AdamW learning rate, images per step.
+        resolution: training image side; default the base model's native size.
+        seed: seed of every random draw of the run.
+        templates: ``object``, ``style`` or a text file (default: by ``kind``).
+        tags, description: stored with the entry.
+        precision: ``bf16``/``fp16``/``fp32`` for the frozen models; default bf16 on
+            CUDA, fp32 on a CPU. The trained vectors are always fp32.
+        resume: continue from the run folder's checkpoint.
+        checkpoint_every: write a checkpoint every this many steps (0: never).
+        sample_every: generate samples every this many steps (0: only at the end).
+        sample_steps: denoising steps for samples (default 20 tiny, 30 otherwise).
+        weight_decay, flip: AdamW weight decay; also train on mirrored images.
+        compile: ``torch.compile`` the UNet (CUDA).
+        device: ``cuda``, ``cpu`` or ``None`` (auto).
+        base_config: local diffusers folder with configs, for a single-file ``base``.
+        min_images: fewest images accepted (default 3).
+        library: where to register (default: :meth:`Library.open`).
+        register: ``False`` to only write the run folder.
+        run_dir: the run folder (default ``<CONCEPTLIB_HOME>/runs/<name>``).
+        cache_dir: where tiny models are cached (default ``<CONCEPTLIB_HOME>/cache``).
+        progress: called with :class:`TrainProgress` every few steps.
+        log: called with each log line (initializer handling, warnings, checkpoints).
+
+    Raises:
+        ImageError, BaseModelError, FamilyMismatch, UsageError, InvalidName,
+        NameCollision: bad inputs, all before any training step.
+        NaNLoss: the loss became NaN/Inf; the last good checkpoint is kept.
+        TrainingError: nothing to resume, or a checkpoint of a different run.
+    """
+    from conceptlib.config import load_settings
+    from conceptlib.trainer.base import BaseModel, load_base, resolve_device
+    from conceptlib.trainer.checkpoint import CHECKPOINT_NAME
+    from conceptlib.trainer.images import MIN_TRAINING_IMAGES, load_training_images, to_pixels
+    from conceptlib.trainer.loop import TextualInversion
+    from conceptlib.trainer.templates import load_templates
+
+    run = _Run(progress=progress, log=log, steps=steps)
+    name = _check_options(name, vectors, steps, lr, batch, kind)
+    owned_library = None
+    if register and library is None:
+        from conceptlib.registry.library import Library
+
+        library = owned_library = Library.open()
+    try:
+        if register:
+            _check_registrable(library, name, tags)
+        settings = library.settings if library is not None else load_settings()
+        run.dir = Path(run_dir) if run_dir else settings.runs_dir / name
+        run.ckpt_path = run.dir / CHECKPOINT_NAME
+        if not resume and run.ckpt_path.exists():
+            raise TrainingError(
+                f"an unfinished run of {name!r} has a checkpoint at {run.ckpt_path}",
+                hint="pass --resume to continue it, or delete the file to start over",
+                path=str(run.ckpt_path),
+            )
+        template_list = load_templates(templates, kind=kind)
+
+        run.report(0, None, phase="setup")
+        imgs = load_training_images(
+            images, min_images=MIN_TRAINING_IMAGES if min_images is None else min_images
+        )
+        for w in imgs.warnings:
+            run.say(f"warning: {w}")
+        if isinstance(base, BaseModel):
+            bm = base
+            precision = precision or {"torch.bfloat16": "bf16", "torch.float16": "fp16"}.get(
+                str(bm.dtype), "fp32"
+            )
+        else:
+            dev = resolve_device(device)
+            precision, dtype = _precision(precision, dev)
+            tiny_cache = Path(cache_dir) if cache_dir else settings.cache_dir
+            bm = load_base(base, device=dev, dtype=dtype, cache_dir=tiny_cache, config=base_config)
+        if bm.is_tiny:
+            run.say(f"note: {bm.ref} is a built-in test model; pass --base for a real one")
+        res = int(resolution or bm.native_resolution)
+        if res % 8 or res < 16:
+            raise UsageError(f"--resolution {res}: expected a multiple of 8, at least 16")
+        run.say(
+            f"base {bm.model_id} ({bm.family.value}), {imgs.count} images at {res}px, "
+            f"{bm.device} {precision}"
+        )
+        config = {
+            "name": name, "init": init, "base": bm.ref, "base_model": bm.model_id,
+            "base_model_fingerprint": bm.fingerprint, "family": bm.family.value,
+            "vectors": vectors, "kind": str(Kind(kind)), "steps": steps, "lr": lr,
+            "batch": batch, "resolution": res, "seed": seed,
+            "templates": str(templates) if templates is not None else None,
+            "template_count": len(template_list),
+            "templates_sha256": hashlib.sha256("\n".join(template_list).encode()).hexdigest(),
+            "tags": list(tags), "precision": precision, "device": bm.device,
+            "checkpoint_every": checkpoint_every, "sample_every": sample_every,
+            "weight_decay": weight_decay, "flip": flip, "compile": compile,
+            "training_images_hash": imgs.hash, "training_image_count": imgs.count,
+            "conceptlib_version": _version(),
+        }  # fmt: skip
+        engine = TextualInversion(
+            bm, to_pixels(imgs.images, res), template_list, name=name, init=init,
+            vectors=vectors, lr=lr, batch=batch, seed=seed, weight_decay=weight_decay,
+            flip=flip, compile=compile, total_steps=steps,
+        )  # fmt: skip
+        try:
+            for r in engine.init_reports:
+                msg = r.message(init)
+                if msg:
+                    run.say(msg)
+            if resume:
+                run.resume(engine, config)
+            run.train(engine, config, checkpoint_every=checkpoint_every, sample_every=sample_every,
+                      sample_steps=sample_steps or (20 if bm.is_tiny else 30))  # fmt: skip
+            return run.finish(
+                engine, bm, config, imgs, name=name, init=init, kind=kind, tags=tags,
+                description=description, precision=precision,
+                library=library if register else None,
+            )  # fmt: skip
+        finally:
+            engine.close()
+    finally:
+        if owned_library is not None:
+            owned_library.close()
+
+
+def _version() -> str:
+    from conceptlib import __version__
+
+    return __version__
+
+
+class _Run:
+    """The bookkeeping of one ``train()`` call: log, progress, losses, samples, outputs."""
+
+    def __init__(self, *, progress: Any, log: Any, steps: int) -> None:
+        self.progress = progress
+        self.log = log
+        self.steps = steps
+        self.lines: list[str] = []
+        self.started = time.perf_counter()
+        self.train_seconds = 0.0  # time spent in steps (not samples, not checkpoints)
+        self.previous_wall = 0.0  # wall time of the interrupted part, when resuming
+        self.resumed_from: int | None = None
+        self.last_good: int | None = None
+        self.losses: list[float] = []
+        self.sample_rows: list[tuple[str, list[Any]]] = []
+        self.sample_paths: list[Path] = []
+        self.final_images: list[Any] = []
+        self.dir = Path(".")
+        self.ckpt_path = Path(".")
+
+    def say(self, line: str) -> None:
+        self.lines.append(line)
+        if self.log is not None:
+            self.log(line)
+
+    def report(
+        self, step: int, loss: float | None, *, phase: str = "train", rate: float | None = None
+    ) -> None:
+        if self.progress is not None:
+            eta = (self.steps - step) / rate if rate else None
+            self.progress(TrainProgress(step, self.steps, loss, rate, eta, phase))
+
+    def wall(self) -> float:
+        return self.previous_wall + (time.perf_counter() - self.started)
+
+    def resume(self, engine: Any, config: dict[str, Any]) -> None:
+        from conceptlib.trainer.checkpoint import check_resumable, load_checkpoint
+
+        state, saved = load_checkpoint(self.ckpt_path)
+        check_resumable(saved, config, int(state["step"]), self.ckpt_path)
+        engine.load_state_dict(state)
+        self.previous_wall = float(state.get("wall_time_s", 0.0))
+        self.resumed_from = self.last_good = engine.step_count
+        self.say(f"resumed from {self.ckpt_path} at step {engine.step_count}")
+
+    def samples(self, engine: Any, step: int, n_steps: int) -> None:
+        from conceptlib.trainer.checkpoint import atomic_write_bytes
+        from conceptlib.trainer.report import png_bytes
+
+        self.report(step, None, phase="samples")
+        images = engine.generate(engine.templates[:2], seed=1000, steps=n_steps)
+        for i, im in enumerate(images):
+            p = self.dir / "samples" / f"step-{step:06d}-{i}.png"
+            atomic_write_bytes(p, png_bytes(im))
+            self.sample_paths.append(p)
+        self.sample_rows.append((f"step {step}", images))
+        self.final_images = images
+
+    def train(
+        self,
+        engine: Any,
+        config: dict[str, Any],
+        *,
+        checkpoint_every: int,
+        sample_every: int,
+        sample_steps: int,
+    ) -> None:
+        """Step until ``steps``; read the loss at sync points; checkpoint and sample."""
+        import numpy as np
+
+        from conceptlib.trainer.checkpoint import save_checkpoint
+
+        steps = self.steps
+        self.losses = engine.read_losses(0, engine.step_count)
+        read_upto = first = engine.step_count
+        sync_every = SYNC_EVERY_CUDA if engine.device.type == "cuda" else 1
+        self.report(first, self.losses[-1] if self.losses else None)
+        tick = time.perf_counter()
+        while engine.step_count < steps:
+            engine.step()
+            s = engine.step_count
+            ckpt_now = bool(checkpoint_every) and s % checkpoint_every == 0 and s < steps
+            sample_now = bool(sample_every) and s % sample_every == 0 and s < steps
+            if not (s % sync_every == 0 or s == steps or ckpt_now or sample_now):
+                continue
+            fresh = engine.read_losses(read_upto, s)  # the one host sync
+            self.train_seconds += time.perf_counter() - tick
+            bad = next((i for i, v in enumerate(fresh) if not math.isfinite(v)), None)
+            if bad is not None:
+                self._nan(read_upto + bad + 1, fresh[bad])
+            self.losses.extend(fresh)
+            read_upto = s
+            rate = (s - first) / self.train_seconds if self.train_seconds > 0 else None
+            self.report(s, float(np.mean(fresh)), rate=rate)
+            if ckpt_now:
+                state = engine.state_dict()
+                if all(bool(np.isfinite(v.numpy()).all()) for v in state["vectors"].values()):
+                    state["wall_time_s"] = self.wall()
+                    save_checkpoint(self.ckpt_path, state, config)
+                    self.last_good = s
+            if sample_now:
+                self.samples(engine, s, sample_steps)
+            tick = time.perf_counter()
+        self.samples(engine, steps, sample_steps)
+
+    def _nan(self, step: int, value: float) -> None:
+        kept = (
+            f"the last good checkpoint (step {self.last_good}) is kept at {self.ckpt_path}"
+            if self.last_good is not None
+            else "no checkpoint had been written yet"
+        )
+        raise NaNLoss(
+            f"the loss became {value} at step {step}; training stopped and {kept}",
+            hint="lower --lr, or use --precision bf16/fp32 instead of fp16",
+            step=step,
+            checkpoint=str(self.ckpt_path) if self.last_good is not None else None,
+        )
+
+    def finish(
+        self,
+        engine: Any,
+        bm: Any,
+        config: dict[str, Any],
+        imgs: Any,
+        *,
+        name: str,
+        init: str,
+        kind: str,
+        tags: Sequence[str],
+        description: str | None,
+        precision: str,
+        library: Library | None,
+    ) -> TrainResult:
+        """Write the embedding and the reports, register, and drop the checkpoint."""
+        import numpy as np
+
+        from conceptlib.registry.embedding import Embedding
+        from conceptlib.trainer.checkpoint import atomic_write_bytes
+        from conceptlib.trainer.report import loss_curve_png, png_bytes, sample_grid_png
+
+        emb = Embedding.from_slots(engine.vectors())
+        window = self.losses[-FINAL_LOSS_WINDOW:]
+        final_loss = float(np.mean(window)) if window else float("nan")
+        emb_path = self.dir / "learned_embeds.safetensors"
+        atomic_write_bytes(emb_path, emb.canonical_bytes())
+        title = f"{name} on {bm.model_id}: {self.steps} steps, lr {config['lr']}, batch {config['batch']}"
+        loss_png = loss_curve_png(self.losses, title=title)
+        atomic_write_bytes(self.dir / "loss.png", loss_png)
+        grid_png = sample_grid_png(self.sample_rows)
+        atomic_write_bytes(self.dir / "samples.png", grid_png)
+        device = _device_name(engine.device)
+        init_tokens = {r.slot: r.tokens for r in engine.init_reports}
+        info = None
+        if library is not None:
+            from conceptlib.schemas.records import Preview, TrainingRunRecord
+
+            previews = [
+                Preview(filename="loss.png", data=loss_png, role="loss_curve"),
+                Preview(filename="samples.png", data=grid_png, role="grid"),
+            ] + [
+                Preview(filename=f"sample-{i}.png", data=png_bytes(im), role="sample")
+                for i, im in enumerate(self.final_images)
+            ]
+            facts = {
+                "base_model": bm.model_id,
+                "base_model_fingerprint": bm.fingerprint,
+                "training_images_hash": imgs.hash,
+                "training_image_count": imgs.count,
+                "initializer": init,
+            }
+            record = TrainingRunRecord(
+                config=config, steps=self.steps, final_loss=final_loss,
+                wall_time_s=self.wall(), device=device, **facts,
+            )  # fmt: skip
+            info = library.add_embedding(
+                emb, name=name, kind=kind, source="trained", source_ref=str(self.dir),
+                tags=tags, description=description, previews=previews, training_run=record,
+                extra={"init_tokens": init_tokens, "precision": precision}, **facts,
+            )  # fmt: skip
+            self.say(f"registered {info.name} ({info.tensor_sha256[:12]})")
+        # The run is complete: its checkpoint would only block the next run of this name.
+        self.ckpt_path.unlink(missing_ok=True)
+        self.report(self.steps, final_loss, phase="done")
+        return TrainResult(
+            name=name, embedding=emb, info=info, config=config, steps=self.steps,
+            final_loss=final_loss, wall_time_s=self.wall(), device=device, precision=precision,
+            family=bm.family.value, base_model=bm.model_id,
+            base_model_fingerprint=bm.fingerprint, training_images_hash=imgs.hash,
+            training_image_count=imgs.count, initializer=init, init_tokens=init_tokens,
+            losses=self.losses, run_dir=self.dir, embedding_path=emb_path,
+            loss_curve_path=self.dir / "loss.png", sample_paths=self.sample_paths,
+            grid_path=self.dir / "samples.png", resumed_from=self.resumed_from, log=self.lines,
+        )  # fmt: skip
+
+
+def _device_name(device: Any) -> str:
+    if device.type == "cuda":
+        import torch
+
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    import platform
+
+    return f"cpu ({platform.processor() or platform.machine()})"

@@ -1,0 +1,199 @@
+"""train() end to end on the tiny models: registration, resume, NaN, CLI, demo."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from compose_support import link_tiny_into_home, tiny_cache_dir
+
+from conceptlib.errors import NameCollision, NaNLoss, TrainingError
+from conceptlib.registry.library import Library
+from conceptlib.trainer import loop
+from conceptlib.trainer.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from conceptlib.trainer.images import load_training_images
+from conceptlib.trainer.samples import write_sample_images
+from conceptlib.trainer.train import train
+
+FAST = {"batch": 2, "sample_every": 0, "sample_steps": 1, "cache_dir": None}
+
+
+@pytest.fixture
+def images(tmp_path):
+    write_sample_images(tmp_path / "imgs", 3, size=48)
+    return tmp_path / "imgs"
+
+
+@pytest.fixture
+def fast():
+    return dict(FAST, cache_dir=tiny_cache_dir())
+
+
+class Stop(Exception):
+    pass
+
+
+def test_train_registers_a_concept_with_its_training_run(images, fast, _isolated_home):
+    lines: list[str] = []
+    reports = []
+    with Library.open() as lib:
+        result = train([images], name="toy-thing", init="teddy bear", vectors=2, steps=4,
+                       tags=("toys",), library=lib, log=lines.append,
+                       progress=reports.append, **fast)  # fmt: skip
+        info = lib.get("toy-thing")
+        found = [e.name for e in lib.search("toy-thing")]
+        by_base = [e.name for e in lib.search(base_model="conceptlib/tiny-sd1")]
+        stored = lib.load(info)
+    assert found == ["toy-thing"] and by_base == ["toy-thing"]
+    assert info.source == "trained" and info.family == "sd1" and info.num_vectors == 2
+    assert info.initializer == "teddy bear" and info.tags == ["toys"]
+    assert info.base_model == "conceptlib/tiny-sd1"
+    assert info.base_model_fingerprint == result.base_model_fingerprint
+    assert info.base_model_fingerprint.startswith("fp1:")
+    assert info.training_images_hash == load_training_images([images]).hash
+    assert info.training_image_count == 3
+    (run,) = info.training_runs
+    assert run.steps == 4 and run.final_loss == pytest.approx(result.final_loss)
+    assert run.device.startswith("cpu") and run.wall_time_s > 0
+    assert run.config["lr"] == 5e-3 and run.config["vectors"] == 2
+    assert run.config["base_model_fingerprint"] == info.base_model_fingerprint
+    assert run.initializer == "teddy bear"
+    assert {p.role for p in info.previews} == {"loss_curve", "grid", "sample"}
+    np.testing.assert_array_equal(stored.vectors["clip_l"], result.embedding.vectors["clip_l"])
+    assert any("cycle" in line for line in lines)
+    assert [r.step for r in reports if r.phase == "train"][-1] == 4
+    assert reports[-1].phase == "done"
+    # the run folder: embedding, loss curve, sample grid; no checkpoint left behind
+    assert result.loss_curve_path.read_bytes().startswith(b"\x89PNG")
+    assert result.grid_path.read_bytes().startswith(b"\x89PNG")
+    assert not (result.run_dir / CHECKPOINT_NAME).exists()
+    assert len(result.losses) == 4 and all(np.isfinite(result.losses))
+
+    # `show` displays the run
+    from conceptlib.cli.main import cli
+
+    out = CliRunner().invoke(cli, ["show", "toy-thing"])
+    assert out.exit_code == 0, out.output
+    assert "training run" in out.output and "teddy bear" in out.output
+    # the name is checked before any work
+    with Library.open() as lib, pytest.raises(NameCollision):
+        train([images], name="toy-thing", init="toy", steps=1, library=lib, **fast)
+
+
+def test_sdxl_trains_both_encoders_into_clip_l_and_clip_g(images, fast, tmp_path):
+    result = train([images], name="xl-thing", init="toy", base="tiny-sdxl", vectors=2, steps=2,
+                   register=False, run_dir=tmp_path / "run", **fast)  # fmt: skip
+    emb = result.embedding
+    assert emb.family.value == "sdxl"
+    assert {k: v.shape for k, v in emb.vectors.items()} == {"clip_l": (2, 768), "clip_g": (2, 1280)}
+    assert result.info is None and result.embedding_path.is_file()
+
+
+def test_interrupted_and_resumed_equals_uninterrupted(images, fast, tmp_path):
+    common = dict(name="resumed", init="toy", vectors=2, steps=6, checkpoint_every=2,
+                  register=False, seed=11, **fast)  # fmt: skip
+    straight = train([images], run_dir=tmp_path / "a", **common)
+
+    def kill_at_5(p):
+        if p.phase == "train" and p.step == 5:
+            raise Stop
+
+    run_b = tmp_path / "b"
+    with pytest.raises(Stop):
+        train([images], run_dir=run_b, progress=kill_at_5, **common)
+    ckpt = run_b / CHECKPOINT_NAME
+    state, config = load_checkpoint(ckpt)
+    assert state["step"] == 4 and config["seed"] == 11
+    assert ckpt.stat().st_size < 64 * 1024  # vectors, optimizer state, RNG: kilobytes
+    assert [p.name for p in run_b.iterdir() if p.name.endswith(".tmp")] == []
+
+    with pytest.raises(TrainingError, match="unfinished run") as exc:
+        train([images], run_dir=run_b, **common)
+    assert "--resume" in exc.value.hint
+    with pytest.raises(TrainingError, match="lr"):
+        train([images], run_dir=run_b, resume=True, **dict(common, lr=1e-3))
+
+    resumed = train([images], run_dir=run_b, resume=True, **common)
+    assert resumed.resumed_from == 4
+    for slot, vec in straight.embedding.vectors.items():
+        np.testing.assert_allclose(resumed.embedding.vectors[slot], vec, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(resumed.losses, straight.losses, rtol=0, atol=1e-6)
+    assert not ckpt.exists()
+    with pytest.raises(TrainingError, match="no checkpoint"):
+        train([images], run_dir=run_b, resume=True, **common)
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(images, fast, tmp_path, monkeypatch):
+    real = loop.compute_loss
+
+    def poisoned(pred, target, *, step):
+        loss = real(pred, target, step=step)
+        return loss * float("nan") if step >= 4 else loss  # the 5th step goes NaN
+
+    monkeypatch.setattr(loop, "compute_loss", poisoned)
+    run = tmp_path / "run"
+    with pytest.raises(NaNLoss) as exc:
+        train([images], name="nan", init="toy", steps=8, checkpoint_every=2, register=False,
+              run_dir=run, **fast)  # fmt: skip
+    assert "step 5" in exc.value.message and "step 4" in exc.value.message
+    assert exc.value.exit_code != 0
+    state, _ = load_checkpoint(run / CHECKPOINT_NAME)
+    assert state["step"] == 4
+    assert all(torch.isfinite(v).all() for v in state["vectors"].values())
+
+
+def test_cli_train_json_and_help(images, _isolated_home):
+    from conceptlib.cli.train import train_cmd
+
+    link_tiny_into_home(_isolated_home)
+    runner = CliRunner()
+    help_text = runner.invoke(train_cmd, ["--help"]).output
+    assert "Example" in help_text and "--resume" in help_text and "--base" in help_text
+    args = [str(images), "--name", "cli-thing", "--init", "toy", "--steps", "2", "--batch", "1",
+            "--sample-every", "0", "--json"]  # fmt: skip
+    out = runner.invoke(train_cmd, args)
+    assert out.exit_code == 0, out.output
+    data = json.loads(out.output)
+    assert data["registered"] and data["info"]["name"] == "cli-thing"
+    assert data["steps"] == 2 and data["base_model"] == "conceptlib/tiny-sd1"
+    assert os.path.isfile(data["loss_curve_path"])
+
+
+def test_cli_defaults_match_the_library():
+    from conceptlib.cli import train as cli
+    from conceptlib.trainer import train as lib
+
+    assert (cli._STEPS, cli._LR, cli._BATCH, cli._CKPT, cli._SAMPLE) == (
+        lib.DEFAULT_STEPS,
+        lib.DEFAULT_LR,
+        lib.DEFAULT_BATCH,
+        lib.DEFAULT_CHECKPOINT_EVERY,
+        lib.DEFAULT_SAMPLE_EVERY,
+    )
+
+
+def test_cli_module_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, conceptlib.cli.train; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_demo_trains_registers_finds_and_reports(tmp_path):
+    from conceptlib.trainer.demo import run_demo
+
+    with Library.open() as lib:
+        out = run_demo(lib, tmp_path / "demo", steps=3, cache_dir=tiny_cache_dir())
+        again = run_demo(lib, tmp_path / "demo2", steps=1, cache_dir=tiny_cache_dir())
+    assert out["name"] == "demo-toy" and again["name"] == "demo-toy-2"
+    assert out["search"]["found"] == ["demo-toy"]
+    assert out["base_model"] == "conceptlib/tiny-sd1"
+    for key in ("loss_curve", "sample_grid", "embedding"):
+        assert os.path.isfile(out[key]), key
+    assert len(out["images"]) == 6
