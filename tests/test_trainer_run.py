@@ -197,3 +197,18 @@ def test_demo_trains_registers_finds_and_reports(tmp_path):
     for key in ("loss_curve", "sample_grid", "embedding"):
         assert os.path.isfile(out[key]), key
     assert len(out["images"]) == 6
+
+
+def test_stale_checkpoint_temp_files_are_removed_on_the_next_save(tmp_path):
+    """A write killed mid-way leaves `.checkpoint.pt.XXXX.tmp`; the next save removes it."""
+    from conceptlib.trainer.checkpoint import load_checkpoint, save_checkpoint
+
+    path = tmp_path / "checkpoint.pt"
+    stale = tmp_path / ".checkpoint.pt.abc123.tmp"
+    stale.write_bytes(b"half a checkpoint")
+    other = tmp_path / ".other.pt.abc123.tmp"
+    other.write_bytes(b"not ours")
+    save_checkpoint(path, {"step": 3}, {"steps": 10})
+    assert not stale.exists() and other.exists()
+    state, config = load_checkpoint(path)
+    assert state["step"] == 3 and config == {"steps": 10}

@@ -79,7 +79,20 @@ def save_checkpoint(
     }
     buf = io.BytesIO()
     torch.save(payload, buf)
+    remove_stale_temp_files(path)
     atomic_write_bytes(path, buf.getvalue())
+
+
+def remove_stale_temp_files(path: str | os.PathLike[str]) -> list[Path]:
+    """Remove temp files that killed writes of ``path`` left behind (one run writes its
+    checkpoint at a time, so any such file is dead)."""
+    path = Path(path)
+    removed = []
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):
+        with contextlib.suppress(OSError):
+            stale.unlink()
+            removed.append(stale)
+    return removed
 
 
 def load_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, Any]]:
