@@ -200,10 +200,13 @@ COVERAGE: dict[int, tuple[str, str, list[str]]] = {
     38: ("loss becomes NaN", "NaNLoss (last good checkpoint kept)", [
         "test_trainer_run.py::test_nan_loss_stops_and_keeps_the_last_good_checkpoint",
     ]),
-    39: ("base model the embedding cannot fit (family: not tested); multi-token initializer",
-         "BaseModelError / FamilyMismatch; initializer handling reported", [
+    39: ("base model the embedding cannot fit; multi-token initializer",
+         "BaseModelError / IncompatibleEmbedding (FamilyMismatch); initializer handling reported", [
         "test_trainer_core.py::test_load_base_refuses_what_it_cannot_use",
         "test_trainer_core.py::test_initializer_tokens_cycle_and_are_reported",
+        "test_compose_loader.py::test_sd2_on_sd1_fails_with_shapes_and_widths",
+        "test_compose_loader.py::test_sdxl_on_sd1_fails",
+        "test_compose_compose.py::test_incompatible_family_fails_with_shapes_and_widths",
     ]),
 }  # fmt: skip
 

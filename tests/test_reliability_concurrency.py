@@ -120,7 +120,7 @@ def _worker(home: str, paths: list[str], result: str, go: Any, index: int) -> No
     """One writer process: open the (maybe not yet existing) library and import its share."""
     os.environ["CONCEPTLIB_HOME"] = home
     os.environ.pop("CONCEPTLIB_BUSY_TIMEOUT", None)  # the default, as a user has it
-    os.environ.pop("CONCEPTLIB_DATABASE_URL", None)
+    # CONCEPTLIB_DATABASE_URL is inherited: set (PostgreSQL) or not (SQLite in `home`).
     out: dict[str, Any] = {"outcomes": [], "errors": [], "reads": 0}
     try:
         from conceptlib.registry.library import Library
@@ -155,7 +155,9 @@ def _worker(home: str, paths: list[str], result: str, go: Any, index: int) -> No
 
 
 @pytest.mark.timeout(300)
-def test_eight_writers_two_hundred_imports_each(tmp_path: Path) -> None:
+def test_eight_writers_two_hundred_imports_each(tmp_path: Path, backend: str) -> None:
+    """On SQLite and, with CONCEPTLIB_TEST_POSTGRES_URL, on PostgreSQL (the writers
+    inherit CONCEPTLIB_DATABASE_URL)."""
     plan, expected = build_plan(tmp_path / "files")
     home = tmp_path / "shared-home"  # does not exist yet: the writers race to create it
     ctx = multiprocessing.get_context("spawn")
@@ -231,6 +233,7 @@ def test_eight_writers_two_hundred_imports_each(tmp_path: Path) -> None:
         assert lib.count() == EXPECTED_ENTRIES
     report_figures(
         "concurrency",
+        backend=backend,
         writers=WRITERS,
         imports_per_writer=IMPORTS_PER_WRITER,
         expected_entries=EXPECTED_ENTRIES,
