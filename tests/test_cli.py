@@ -112,8 +112,10 @@ def test_verify_and_gc(runner, lib, emb_factory):
     res = run(runner, "verify", "--json")
     assert json.loads(res.output)["orphan_blobs"] == [orphan]
     res = run(runner, "gc", "--dry-run", "--json")
+    assert json.loads(res.output)["removed"] == [] and lib.store.has(orphan)  # too young
+    res = run(runner, "gc", "--dry-run", "--grace", "0", "--json")
     assert json.loads(res.output)["removed"] == [orphan] and lib.store.has(orphan)
-    assert run(runner, "gc").exit_code == 0 and not lib.store.has(orphan)
+    assert run(runner, "gc", "--grace", "0").exit_code == 0 and not lib.store.has(orphan)
     p = lib.store.path(info.tensor_sha256)
     p.write_bytes(p.read_bytes()[:-4] + b"\0\0\0\1")
     res = runner.invoke(cli, ["verify"])

@@ -297,3 +297,14 @@ def test_imported_file_named_like_a_word_gets_a_suffix(tmp_path, lib, emb_factor
     (outcome,) = lib.import_paths([other], name="painting").outcomes
     assert outcome.status == "rejected" and isinstance(outcome.exception, InvalidName)
     assert "ordinary word" in outcome.reason
+
+
+def test_gc_grace_period_spares_young_blobs(lib, emb_factory):
+    import os
+    import time
+
+    orphan = lib.store.put(emb_factory(seed=3).canonical_bytes())
+    assert lib.gc(grace_s=60) == [] and lib.store.has(orphan)
+    old = time.time() - 120
+    os.utime(lib.store.path(orphan), (old, old))
+    assert lib.gc(grace_s=60) == [orphan] and not lib.store.has(orphan)

@@ -197,17 +197,26 @@ def verify_cmd(quiet: bool, as_json: bool) -> None:
 
 @click.command("gc")
 @click.option("--dry-run", is_flag=True, help="List what would be removed; remove nothing.")
+@click.option(
+    "--grace",
+    type=click.FloatRange(min=0),
+    default=60.0,
+    show_default=True,
+    help="Spare files younger than this many seconds (an import running elsewhere writes "
+    "its blobs just before committing their rows).",
+)
 @json_option
-def gc_cmd(dry_run: bool, as_json: bool) -> None:
+def gc_cmd(dry_run: bool, grace: float, as_json: bool) -> None:
     """Remove blobs that no catalog entry uses, and temp files of interrupted writes.
 
     \b
     Examples:
       conceptlib gc --dry-run
       conceptlib gc
+      conceptlib gc --grace 0        # nothing else is running
     """
     with open_library() as lib:
-        removed = lib.gc(dry_run=dry_run)
+        removed = lib.gc(dry_run=dry_run, grace_s=grace)
     if as_json:
         print_json({"dry_run": dry_run, "removed": removed})
     else:

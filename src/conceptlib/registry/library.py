@@ -1101,11 +1101,30 @@ class Library:
         report.orphan_blobs = [s for s in self.store.iter_blobs() if s not in referenced]
         return report
 
-    def gc(self, *, dry_run: bool = False) -> list[str]:
-        """Remove blobs no row names, and temp files left by interrupted writes."""
+    def gc(self, *, dry_run: bool = False, grace_s: float = 0.0) -> list[str]:
+        """Remove blobs no row names, and temp files left by interrupted writes.
+
+        ``grace_s`` spares blobs and temp files younger than that many seconds: a
+        concurrent import writes (or touches, when reused) its blobs before committing
+        the rows that name them, so a grace period keeps ``gc`` from racing it.
+        """
+        import time
+
+        cutoff = time.time() - grace_s
+
+        def old_enough(p: Path) -> bool:
+            try:
+                return grace_s <= 0 or p.stat().st_mtime < cutoff
+            except OSError:
+                return False
+
         referenced = self._referenced_blobs()
-        removed = [s for s in self.store.iter_blobs() if s not in referenced]
-        temps = list(self.store.iter_temp_files())
+        removed = [
+            s
+            for s in self.store.iter_blobs()
+            if s not in referenced and old_enough(self.store.path(s))
+        ]
+        temps = [t for t in self.store.iter_temp_files() if old_enough(t)]
         if not dry_run:
             # Re-read the references right before deleting: a concurrent import may
             # have committed a row for a blob that looked orphaned a moment ago.
