@@ -67,8 +67,10 @@ def main() -> None:
         for n in args.n:
             folder = root / f"files-{n}"
             make_files(folder, n)
+            os.sync()  # flush the generated inputs now, not inside the timed import
             secs, imported = in_process(folder, root / f"home-a-{n}")
             assert imported == n, (imported, n)
+            os.sync()
             cli_secs = as_cli(folder, root / f"home-b-{n}")
             print(f"{n:>7} {secs:>13.2f} {n / secs:>8.0f} {cli_secs:>7.2f} {n / cli_secs:>8.0f}")
     finally:
