@@ -1441,6 +1441,53 @@ def _fetch_manifest_concept(
     return m, parsed.embedding, data, previews
 
 
+def _fetched_from_manifest(
+    m: ConceptManifest,
+    emb: Embedding,
+    data: bytes,
+    previews: list[Any],
+    *,
+    repo_id: str,
+    revision: str,
+    commit: str,
+    file: str,
+    layout: str,
+    name: str,
+    source: str,
+    source_ref: str | None,
+    extra: dict[str, Any],
+) -> Fetched:
+    """A fetched concept whose catalog fields come from its ``concept.json``."""
+    return Fetched(
+        repo_id=repo_id,
+        revision=revision,
+        commit=commit,
+        file=file,
+        layout=layout,
+        embedding=emb,
+        name=name,
+        token=m.token,
+        kind=m.kind,
+        file_bytes=data,
+        file_sha256=m.file_sha256,
+        source=source,
+        source_ref=source_ref,
+        base_model=m.base_model,
+        base_model_fingerprint=m.base_model_fingerprint,
+        initializer=m.initializer,
+        training_images_hash=m.training_images_hash,
+        training_image_count=m.training_image_count,
+        tags=list(m.tags),
+        description=m.description,
+        license=m.license,
+        previews=previews,
+        training_runs=_training_runs(m),
+        parents=list(m.parents),
+        extra=extra,
+        version=m.version,
+    )
+
+
 def _training_runs(m: ConceptManifest) -> list[Any]:
     """Every training run in a manifest, oldest first."""
     from conceptlib.schemas.records import TrainingRunRecord
@@ -1473,33 +1520,20 @@ def fetch_concept(
         extra = dict(m.extra)
         if m.source != "hub" or m.source_ref:
             extra["origin"] = {"source": m.source, "source_ref": m.source_ref}
-        return Fetched(
+        return _fetched_from_manifest(
+            m,
+            emb,
+            data,
+            previews,
             repo_id=state.repo_id,
             revision=state.revision,
             commit=state.commit,
             file=epath,
             layout=layout.kind,
-            embedding=emb,
             name=name or m.name,
-            token=m.token,
-            kind=m.kind,
-            file_bytes=data,
-            file_sha256=m.file_sha256,
             source="hub",
             source_ref=state.ref(epath),
-            base_model=m.base_model,
-            base_model_fingerprint=m.base_model_fingerprint,
-            initializer=m.initializer,
-            training_images_hash=m.training_images_hash,
-            training_image_count=m.training_image_count,
-            tags=list(m.tags),
-            description=m.description,
-            license=m.license,
-            previews=previews,
-            training_runs=_training_runs(m),
-            parents=list(m.parents),
             extra=extra,
-            version=m.version,
         )
     assert layout.embedding is not None
     wanted = {layout.embedding: MAX_EMBEDDING_FILE_BYTES}
@@ -1897,33 +1931,20 @@ def pull_library(
                 f"{state.ref(folder + 'concept.json')} does not match its library.json entry",
                 repo_id=repo_id,
             )
-        return Fetched(
+        return _fetched_from_manifest(
+            m,
+            emb,
+            data,
+            previews,
             repo_id=repo_id,
             revision=revision,
             commit=state.commit,
             file=folder + m.embedding.path,
             layout="conceptlib-library",
-            embedding=emb,
             name=m.name,
-            token=m.token,
-            kind=m.kind,
-            file_bytes=data,
-            file_sha256=m.file_sha256,
             source=m.source,
             source_ref=m.source_ref,
-            base_model=m.base_model,
-            base_model_fingerprint=m.base_model_fingerprint,
-            initializer=m.initializer,
-            training_images_hash=m.training_images_hash,
-            training_image_count=m.training_image_count,
-            tags=list(m.tags),
-            description=m.description,
-            license=m.license,
-            previews=previews,
-            training_runs=_training_runs(m),
-            parents=list(m.parents),
             extra=dict(m.extra),
-            version=m.version,
         )
 
     def registered(path: str, result: Fetched | PullOutcome) -> PullOutcome:
