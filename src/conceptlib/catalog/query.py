@@ -138,6 +138,35 @@ class Reader:
         infos = self._infos(rows, details=True)
         return infos[0] if infos else None
 
+    def resolve(self, handle: str) -> EmbeddingInfo | None:
+        """What a prompt or a command names: by name, then by trigger token, each with
+        and without diffusers-style brackets (keys normalized as the catalog does)."""
+        from conceptlib.schemas.names import name_key, strip_brackets
+
+        inner = strip_brackets(handle)
+        for column, key in (
+            ("name_key", name_key(handle)),
+            ("name_key", name_key(inner)),
+            ("token_key", name_key(handle)),
+            ("token_key", name_key(f"<{inner}>")),
+            ("token_key", name_key(inner)),
+        ):
+            info = self.by_key(column, key)
+            if info is not None:
+                return info
+        return None
+
+    def suggest(self, name: str, n: int = 3) -> list[str]:
+        """Names and tokens close to ``name``, for "did you mean" hints."""
+        import difflib
+
+        from conceptlib.schemas.names import name_key, strip_brackets
+
+        keys = self.all_name_keys()
+        names = [k[0] for k in keys] + [strip_brackets(k[1]) for k in keys]
+        matches = difflib.get_close_matches(name_key(strip_brackets(name)), names, n=n, cutoff=0.5)
+        return list(dict.fromkeys(matches))
+
     def handle(self, column: str, key: str) -> tuple[str, int] | None:
         """``(name, num_vectors)`` of the entry whose ``column`` equals ``key`` (light)."""
         assert column in ("name_key", "token_key", "tensor_sha256")

@@ -107,22 +107,13 @@ def show_cmd(name: str, as_json: bool) -> None:
       conceptlib show cat-toy
       conceptlib show "<cat-toy>" --json
     """
-    import difflib
-
     from conceptlib.config import load_settings
     from conceptlib.errors import NotFound
-    from conceptlib.schemas.names import name_key, strip_brackets
 
     with open_reader() as r:
-        info = r.by_key("name_key", name_key(name)) or r.by_key("token_key", name_key(name))
+        info = r.resolve(name)
         if info is None:
-            info = r.by_key("name_key", name_key(strip_brackets(name)))
-        if info is None:
-            keys = [k[0] for k in r.all_name_keys()]
-            raise NotFound(
-                f"no embedding named {name!r}",
-                suggestions=difflib.get_close_matches(name_key(name), keys, n=3, cutoff=0.5),
-            )
+            raise NotFound(f"no embedding named {name!r}", suggestions=r.suggest(name))
     store = load_settings().store_dir
     if as_json:
         d = info.to_dict()

@@ -13,7 +13,6 @@ then the rows are committed in one transaction. Nothing here prints, prompts or 
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
 import os
@@ -248,34 +247,19 @@ class Library:
 
     def resolve(self, handle: str) -> EmbeddingInfo:
         """Resolve what a prompt names: by name, then by trigger token (normalized)."""
-        inner = strip_brackets(handle)
         with self.reader() as r:
-            for column, key in (
-                ("name_key", name_key(handle)),
-                ("name_key", name_key(inner)),
-                ("token_key", name_key(handle)),
-                ("token_key", name_key(f"<{inner}>")),
-                ("token_key", name_key(inner)),
-            ):
-                info = r.by_key(column, key)
-                if info is not None:
-                    return info
-        raise NotFound(
-            f"no embedding named {handle!r} (by name or trigger token)",
-            suggestions=self.suggest(inner),
-            name=handle,
-        )
+            info = r.resolve(handle)
+        if info is None:
+            raise NotFound(
+                f"no embedding named {handle!r} (by name or trigger token)",
+                suggestions=self.suggest(strip_brackets(handle)),
+                name=handle,
+            )
+        return info
 
     def suggest(self, name: str, n: int = 3) -> list[str]:
         with self.reader() as r:
-            keys = r.all_name_keys()
-        names = [k[0] for k in keys] + [strip_brackets(k[1]) for k in keys]
-        matches = difflib.get_close_matches(name_key(strip_brackets(name)), names, n=n, cutoff=0.5)
-        out: list[str] = []
-        for m in matches:
-            if m not in out:
-                out.append(m)
-        return out
+            return r.suggest(name, n)
 
     def load(self, handle: str | EmbeddingInfo) -> Embedding:
         """Read an embedding's vectors; the blob is verified against its hash first."""
