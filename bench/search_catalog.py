@@ -109,6 +109,7 @@ def build(home: Path, n: int, seed: int = 0) -> float:
                 tensor_sha256=sha,
                 tags=tags,
                 description=desc,
+                canonical=canonical,
             )
         )
         if len(batch) == 2000:

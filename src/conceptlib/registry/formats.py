@@ -17,6 +17,7 @@ from key names alone and never from a float count.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import re
@@ -131,6 +132,8 @@ class ParsedFile:
         metadata: JSON-safe facts: ``step``, ``sd_checkpoint``, ``sd_checkpoint_name``,
             ``safetensors_metadata`` (the header's ``__metadata__``: modelspec...),
             ``parameter_dict``, ``slot_names_swapped``...
+        file_sha256: SHA-256 of the bytes parsed (for a diffusers SDXL pair: of
+            ``learned_embeds``), so callers need not read the file again.
     """
 
     embedding: Embedding
@@ -139,6 +142,7 @@ class ParsedFile:
     token: str | None = None
     name_hint: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    file_sha256: str | None = None
 
 
 @dataclass
@@ -587,7 +591,9 @@ def read_embedding_bytes(
         UnsafeFile, UnsupportedContent, BadTensor, AmbiguousEmbedding,
         FamilyMismatch: each with a one-line message naming what was found.
     """
-    return _read(data, path, companion, f"{path} (companion)" if path else "companion file")
+    parsed = _read(data, path, companion, f"{path} (companion)" if path else "companion file")
+    parsed.file_sha256 = hashlib.sha256(data).hexdigest()
+    return parsed
 
 
 def _read(
@@ -692,8 +698,11 @@ def read_embedding_file(path: str | os.PathLike[str]) -> ParsedFile:
     if p.name in SDXL_MAIN_NAMES:
         companion_path = _sibling(p.parent, SDXL_COMPANION_NAMES, p.suffix)
     if companion_path is None:
-        return _read(data, str(p), None, None)
-    return _read(data, str(p), _read_capped(companion_path), str(companion_path))
+        parsed = _read(data, str(p), None, None)
+    else:
+        parsed = _read(data, str(p), _read_capped(companion_path), str(companion_path))
+    parsed.file_sha256 = hashlib.sha256(data).hexdigest()
+    return parsed
 
 
 # --------------------------------------------------------------------------- writing

@@ -94,6 +94,10 @@ class _Pending:
     extra: dict[str, Any] = field(default_factory=dict)
     version: int = 1
     path: str | None = None
+    #: The canonical serialization (its SHA-256 is ``tensor_sha256``).
+    canonical: bytes = b""
+    #: (filename, role, bytes) of previews not yet in the store; see ``_store_pending``.
+    new_previews: list[tuple[str, str, bytes]] = field(default_factory=list)
 
 
 def validate_tag(tag: str) -> str:
@@ -375,11 +379,10 @@ class Library:
                 existing=raced.name,
                 tensor_sha256=tensor_sha,
             ) from None
+        pending.canonical = canonical
+        pending.new_previews = [(_safe_filename(p.filename), p.role, p.data) for p in previews]
         with self._cleanup_on_failure():
-            self.store.put(canonical, tensor_sha)
-            for p in previews:
-                sha = self.store.put(p.data)
-                pending.previews.append((_safe_filename(p.filename), p.role, sha, len(p.data)))
+            self._store_pending(pending, durable=True)
             self._commit([pending])
         return self.get(pending.name)
 
@@ -584,7 +587,7 @@ class Library:
                 if self.shares_blobs:
                     blobs: dict[str, bytes] = {}
                     for p in batch:
-                        blobs[p.tensor_sha256] = self.store.get(p.tensor_sha256, verify=False)
+                        blobs[p.tensor_sha256] = p.canonical
                         for _f, _role, sha, _size in p.previews:
                             blobs[sha] = self.store.get(sha, verify=False)
                     dialect.insert_blobs(conn, self.catalog.dialect_name, blobs, now)
@@ -737,13 +740,14 @@ class Library:
             return
         self.store.discard_created(mark, referenced)
 
-    def _store_pending(self, p: _Pending) -> None:
-        # Not durable yet: _commit syncs the whole batch once before inserting rows.
-        self.store.put(p.embedding.canonical_bytes(), p.tensor_sha256, durable=False)
-        for i, (filename, role, _sha, _size) in enumerate(p.previews):
-            data = p.extra.pop(f"__preview_data_{i}")
-            sha = self.store.put(data, durable=False)
-            p.previews[i] = (filename, role, sha, len(data))
+    def _store_pending(self, p: _Pending, *, durable: bool = False) -> None:
+        """Write an entry's blobs. Bulk imports pass ``durable=False``: ``_commit`` then
+        syncs the whole batch once before inserting the rows."""
+        self.store.put(p.canonical, p.tensor_sha256, durable=durable)
+        for filename, role, data in p.new_previews:
+            sha = self.store.put(data, durable=durable)
+            p.previews.append((filename, role, sha, len(data)))
+        p.new_previews = []
 
     def _prepare_file(
         self,
@@ -753,13 +757,17 @@ class Library:
         tags: list[str],
         base_model: str | None,
     ) -> _Pending:
-        from conceptlib.registry.formats import read_embedding_file
+        from conceptlib.registry.formats import is_sdxl_companion, read_embedding_file
 
         parsed = read_embedding_file(path)
-        try:
-            data = path.read_bytes()
-        except OSError as exc:
-            raise EmbeddingFileError(f"cannot read: {exc.strerror}", path=str(path)) from None
+        if is_sdxl_companion(path):
+            # The pair was parsed from learned_embeds; the entry records the file named.
+            try:
+                file_sha256 = hashlib.sha256(path.read_bytes()).hexdigest()
+            except OSError as exc:
+                raise EmbeddingFileError(f"cannot read: {exc.strerror}", path=str(path)) from None
+        else:
+            file_sha256 = parsed.file_sha256 or ""
         sidecar = read_sidecars(path)
         stem = _stem(path)
         if name:
@@ -800,11 +808,10 @@ class Library:
             extra["trained_words"] = sidecar.trained_words
         if sidecar.notes:
             extra["notes"] = sidecar.notes
-        previews: list[tuple[str, str, str, int]] = []
+        new_previews: list[tuple[str, str, bytes]] = []
         if sidecar.preview is not None:
             fname, pdata = sidecar.preview
-            extra["__preview_data_0"] = pdata
-            previews.append((fname, "preview", "", len(pdata)))
+            new_previews.append((fname, "preview", pdata))
         canonical = parsed.embedding.canonical_bytes()
         return _Pending(
             embedding=parsed.embedding,
@@ -813,14 +820,15 @@ class Library:
             kind=kind or sidecar.kind or Kind.OTHER.value,
             source=sidecar.source or Source.FILE.value,
             source_ref=str(path.resolve()),
-            file_sha256=hashlib.sha256(data).hexdigest(),
+            file_sha256=file_sha256,
             tensor_sha256=sha256_hex(canonical),
             base_model=base_model or sidecar.base_model,
             description=sidecar.description,
             tags=all_tags,
-            previews=previews,
             extra=extra,
             path=str(path),
+            canonical=canonical,
+            new_previews=new_previews,
         )
 
     # ------------------------------------------------------------------ changing
@@ -1223,7 +1231,7 @@ def _image_has_embedding(path: Path) -> bool:
             head = f.read(1 << 16)
     except OSError:
         return False
-    return b"sd-ti-embedding" in head or path.stat().st_size < (1 << 16) and False
+    return b"sd-ti-embedding" in head
 
 
 @dataclass
