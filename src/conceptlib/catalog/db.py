@@ -93,39 +93,39 @@ class Catalog:
     # ------------------------------------------------------------------ transactions
 
     @contextmanager
+    def _translated(self) -> Iterator[None]:
+        """Driver errors become the typed errors a user can act on. A unique or
+        foreign-key violation passes through: the library turns it into its own error."""
+        try:
+            yield
+        except IntegrityError:
+            raise
+        except (OperationalError, DatabaseError, sqlite3.OperationalError) as exc:
+            raise translate_db_error(exc, self.where) from exc
+
+    @contextmanager
     def write(self) -> Iterator[Session]:
         """A session in one write transaction, committed on success, rolled back on error."""
-        try:
-            with Session(self.engine, expire_on_commit=False) as session, session.begin():
-                yield session
-        except IntegrityError:
-            raise  # a unique/foreign-key violation: the library turns it into a typed error
-        except (OperationalError, DatabaseError) as exc:
-            raise translate_db_error(exc, self.where) from exc
-        except sqlite3.OperationalError as exc:  # raised outside SQLAlchemy's wrapping
-            raise translate_db_error(exc, self.where) from exc
+        with (
+            self._translated(),
+            Session(self.engine, expire_on_commit=False) as session,
+            session.begin(),
+        ):
+            yield session
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
         """A read-only connection (a deferred transaction on SQLite)."""
-        try:
-            with self.engine.connect() as conn:
-                conn = conn.execution_options(conceptlib_readonly=True)
-                with conn.begin():
-                    yield conn
-        except (OperationalError, DatabaseError) as exc:
-            raise translate_db_error(exc, self.where) from exc
+        with self._translated(), self.engine.connect() as conn:
+            conn = conn.execution_options(conceptlib_readonly=True)
+            with conn.begin():
+                yield conn
 
     @contextmanager
     def connection(self) -> Iterator[Connection]:
         """A write connection in one transaction (Core, no ORM)."""
-        try:
-            with self.engine.connect() as conn, conn.begin():
-                yield conn
-        except IntegrityError:
-            raise
-        except (OperationalError, DatabaseError) as exc:
-            raise translate_db_error(exc, self.where) from exc
+        with self._translated(), self.engine.connect() as conn, conn.begin():
+            yield conn
 
     # ------------------------------------------------------------------ migrations
 

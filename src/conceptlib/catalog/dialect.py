@@ -152,38 +152,17 @@ def create_fts(conn: Any, dialect_name: str) -> None:
         "name, token, description, tags, tokenize='unicode61 remove_diacritics 2', "
         "prefix='2 3')"
     )
-    rows = conn.exec_driver_sql("SELECT id FROM embedding").fetchall()
-    for (eid,) in rows:
-        refresh_fts(conn, dialect_name, eid)
+    ids = [eid for (eid,) in conn.exec_driver_sql("SELECT id FROM embedding").fetchall()]
+    refresh_fts_many(conn, dialect_name, ids)
 
 
 def refresh_fts(conn: Any, dialect_name: str, embedding_id: int) -> None:
     """Rewrite the full-text row of one embedding (call in the same transaction)."""
-    if is_postgres(dialect_name):
-        refresh_fts_many(conn, dialect_name, [embedding_id])
-        return
-    if not is_sqlite(dialect_name):
-        return
-    conn.exec_driver_sql(f"DELETE FROM {FTS_TABLE} WHERE rowid = ?", (embedding_id,))
-    row = conn.exec_driver_sql(
-        "SELECT name, token, coalesce(description, '') FROM embedding WHERE id = ?",
-        (embedding_id,),
-    ).fetchone()
-    if row is None:
-        return
-    tags = conn.exec_driver_sql(
-        "SELECT t.name FROM tag t JOIN embedding_tag et ON et.tag_id = t.id "
-        "WHERE et.embedding_id = ? ORDER BY t.name",
-        (embedding_id,),
-    ).fetchall()
-    conn.exec_driver_sql(
-        f"INSERT INTO {FTS_TABLE}(rowid, name, token, description, tags) VALUES (?, ?, ?, ?, ?)",
-        (embedding_id, row[0], row[1], row[2], " ".join(t[0] for t in tags)),
-    )
+    refresh_fts_many(conn, dialect_name, [embedding_id])
 
 
 def refresh_fts_many(conn: Any, dialect_name: str, ids: list[int]) -> None:
-    """Write the full-text rows of freshly inserted embeddings in two statements."""
+    """Rewrite the full-text rows of these embeddings: two statements per 500 ids."""
     if not ids:
         return
     if is_postgres(dialect_name):
