@@ -10,6 +10,7 @@ import time
 
 import pytest
 from compose_support import tiny_folder
+from ldm_layout import save_single_file
 
 from conceptlib.errors import BaseModelError, FamilyMismatch
 from conceptlib.schemas.enums import Family
@@ -132,6 +133,61 @@ def test_single_file_checkpoints_are_offline_only(tmp_path):
     _safetensors(other, ["lora_unet_down.weight"])
     with pytest.raises(BaseModelError, match="text encoder"):
         load_base(other)
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Any attempt to open a network connection fails the test."""
+    import socket
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"network access attempted: {args!r}")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+@pytest.mark.parametrize("name", ["tiny-sd1", "tiny-sdxl"])
+def test_single_file_checkpoint_loads_offline_with_a_local_config(name, tmp_path, no_network):
+    import torch
+
+    folder = tiny_folder(name)
+    reference = load_base(folder)
+    path = tmp_path / "my-finetune.safetensors"
+    save_single_file(reference.pipeline, path)  # original (LDM) key layout, one file
+    assert single_file_family(path) == reference.family
+    bm = load_base(path, config=folder)
+    assert bm.family == reference.family and not bm.is_tiny
+    assert bm.model_id == "my-finetune.safetensors"
+    assert bm.fingerprint == fingerprint_path(path) != reference.fingerprint
+    assert bm.native_resolution == reference.native_resolution
+    components = ["unet", "vae", "text_encoder"] + (
+        ["text_encoder_2"] if name == "tiny-sdxl" else []
+    )
+    for component in components:
+        want = getattr(reference.pipeline, component).state_dict()
+        got = getattr(bm.pipeline, component).state_dict()
+        assert sorted(got) == sorted(want), component
+        assert all(torch.equal(got[k], want[k]) for k in want), component
+    assert [s.slot for s in bm.slots] == [s.slot for s in reference.slots]
+    for mine, theirs in zip(bm.slots, reference.slots, strict=True):
+        assert mine.tokenizer.get_vocab() == theirs.tokenizer.get_vocab()
+
+
+def test_single_file_config_must_be_a_diffusers_folder_of_the_same_family(tmp_path, no_network):
+    sd1_file = tmp_path / "sd1.safetensors"
+    save_single_file(load_base(tiny_folder("tiny-sd1")).pipeline, sd1_file)
+    with pytest.raises(
+        BaseModelError, match="is an sd1 checkpoint but base config .* is an sdxl model"
+    ):
+        load_base(sd1_file, config=tiny_folder("tiny-sdxl"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(BaseModelError, match="not a diffusers folder"):
+        load_base(sd1_file, config=tmp_path / "empty")
+    with pytest.raises(BaseModelError, match="not found"):
+        load_base(sd1_file, config=str(tmp_path / "missing"))
+    with pytest.raises(BaseModelError, match="Hugging Face cache"):
+        load_base(sd1_file, config="someone/not-downloaded")
 
 
 def test_family_comes_from_the_text_encoder_widths():

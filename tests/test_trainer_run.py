@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from compose_support import link_tiny_into_home, tiny_cache_dir
+from compose_support import link_tiny_into_home, tiny_cache_dir, tiny_folder
+from ldm_layout import save_single_file
 
 from conceptlib.errors import NameCollision, NaNLoss, TrainingError
 from conceptlib.registry.library import Library
@@ -161,6 +162,42 @@ def test_cli_train_json_and_help(images, _isolated_home):
     assert data["registered"] and data["info"]["name"] == "cli-thing"
     assert data["steps"] == 2 and data["base_model"] == "conceptlib/tiny-sd1"
     assert os.path.isfile(data["loss_curve_path"])
+
+
+def test_cli_trains_on_a_single_file_checkpoint(images, _isolated_home, tmp_path, catalog_snapshot):
+    from conceptlib.cli.main import cli
+    from conceptlib.trainer.base import fingerprint_path, load_base
+
+    ckpt = tmp_path / "my-finetune.safetensors"
+    save_single_file(load_base(tiny_folder("tiny-sd1")).pipeline, ckpt)
+    runner = CliRunner()
+    common = [str(images), "--name", "single-thing", "--init", "toy", "--steps", "2",
+              "--batch", "1", "--sample-every", "0", "--base", str(ckpt)]  # fmt: skip
+    before = catalog_snapshot(_isolated_home)
+    # user errors first: no configs offline, configs of another family; nothing changes
+    for extra, fragment in (
+        ([], "offline"),
+        (["--base-config", str(tiny_folder("tiny-sdxl"))], "is an sd1 checkpoint"),
+    ):
+        out = runner.invoke(cli, ["train", *common, *extra])
+        assert out.exit_code == 3, out.output
+        first = out.output.strip().splitlines()[0]
+        assert first.startswith("error: ") and fragment in first, out.output
+        assert catalog_snapshot(_isolated_home) == before
+    out = runner.invoke(cli, ["train", *common, "--base-config", str(tiny_folder("tiny-sd1")),
+                              "--json"])  # fmt: skip
+    assert out.exit_code == 0, out.output
+    data = json.loads(out.output)
+    assert data["base_model"] == "my-finetune.safetensors" and data["family"] == "sd1"
+    assert data["base_model_fingerprint"] == fingerprint_path(ckpt)
+    with Library.open() as lib:
+        info = lib.get("single-thing")
+        found = [e.name for e in lib.search(base_model="my-finetune.safetensors")]
+    assert found == ["single-thing"]
+    assert info.base_model_fingerprint == fingerprint_path(ckpt)
+    (run,) = info.training_runs
+    assert run.config["base"] == str(ckpt)
+    assert run.config["base_config"] == str(tiny_folder("tiny-sd1"))
 
 
 def test_cli_defaults_match_the_library():

@@ -30,7 +30,8 @@ _STEPS, _LR, _BATCH, _CKPT, _SAMPLE = 2000, 5e-3, 4, 250, 500
 @click.option(
     "--base-config",
     type=click.Path(file_okay=False, path_type=str),
-    help="For a single-file --base: a local diffusers folder holding the configs.",
+    help="For a single-file --base: the diffusers folder (or a repo id in the local Hugging "
+    "Face cache) of a model of the same architecture; its configs and tokenizers are used.",
 )
 @click.option("--steps", type=click.IntRange(min=1), default=_STEPS, show_default=True)
 @click.option("--lr", type=float, default=_LR, show_default=True, help="AdamW learning rate.")

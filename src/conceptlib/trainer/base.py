@@ -6,8 +6,8 @@
 * a local diffusers folder (one with ``model_index.json``);
 * a single-file ``.safetensors`` checkpoint (A1111/ComfyUI style), converted with
   diffusers' ``from_single_file`` strictly offline: the component configs come from
-  ``config=`` (a local diffusers folder) or from the local Hugging Face cache, never
-  from the network;
+  ``config=`` (a diffusers folder or cached repo id of the same architecture) or from
+  the local Hugging Face cache, never from the network;
 * a Hub repo id (``org/name``) that is already in the local Hugging Face cache.
 
 The family comes from the text encoders' widths: one 768-wide encoder is SD 1.x,
@@ -314,6 +314,38 @@ def single_file_family(path: Path) -> Family:
     )
 
 
+def _config_folder(config: str, path: Path, family: Family) -> Path:
+    """The local diffusers folder holding a single-file checkpoint's component configs.
+
+    ``config`` is a folder or a repo id already in the Hugging Face cache; its family
+    must be the checkpoint's, else diffusers fails later with a shape error.
+    """
+    folder = Path(config).expanduser()
+    if not folder.is_dir():
+        if not _REPO_ID.match(config):
+            raise BaseModelError(
+                f"base config {config!r} not found: expected a local diffusers folder or a "
+                "repo id in the Hugging Face cache",
+                path=str(path),
+            )
+        folder = _cached_snapshot(config)
+    if not (folder / "model_index.json").is_file():
+        raise BaseModelError(
+            f"base config {config!r} is not a diffusers folder (no model_index.json)",
+            hint="pass the diffusers folder of a model of the same architecture",
+            path=str(path),
+        )
+    config_family = _folder_family(folder)
+    if config_family != family:
+        raise BaseModelError(
+            f"{path.name} is an {family.value} checkpoint but base config {config!r} is an "
+            f"{config_family.value} model",
+            hint="pass the diffusers folder of a model of the same architecture",
+            path=str(path),
+        )
+    return folder
+
+
 def _load_single_file(path: Path, dtype: Any, config: str | None) -> Any:
     family = single_file_family(path)
     cls = _pipeline_class(family)
@@ -323,7 +355,7 @@ def _load_single_file(path: Path, dtype: Any, config: str | None) -> Any:
         **_dtype_kwargs(dtype),
     }
     if config:
-        kwargs["config"] = str(config)
+        kwargs["config"] = str(_config_folder(config, path, family))
     try:
         with _offline():
             return cls.from_single_file(str(path), **kwargs)
@@ -380,7 +412,9 @@ def load_base(
         device: ``"cpu"``, ``"cuda"``, or ``None``/``"auto"``.
         dtype: torch dtype of the weights (default float32).
         cache_dir: where the tiny models are cached (default: the settings' cache dir).
-        config: for a single-file checkpoint, a local diffusers folder with the configs.
+        config: for a single-file checkpoint, the diffusers folder (or cached repo id) of
+            a model of the same architecture, whose component configs and tokenizers are
+            used; without it they come from the Hugging Face cache, never the network.
 
     Raises:
         BaseModelError: not found, not loadable, or configs not available offline.

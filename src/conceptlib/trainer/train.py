@@ -210,7 +210,8 @@ def train(
         weight_decay, flip: AdamW weight decay; also train on mirrored images.
         compile: ``torch.compile`` the UNet (CUDA).
         device: ``cuda``, ``cpu`` or ``None`` (auto).
-        base_config: local diffusers folder with configs, for a single-file ``base``.
+        base_config: for a single-file ``base``: the diffusers folder (or cached repo id)
+            of a model of the same architecture, whose configs and tokenizers are used.
         min_images: fewest images accepted (default 3).
         library: where to register (default: :meth:`Library.open`).
         register: ``False`` to only write the run folder.
@@ -280,6 +281,7 @@ def train(
         )
         config = {
             "name": name, "init": init, "base": bm.ref, "base_model": bm.model_id,
+            "base_config": str(base_config) if base_config is not None else None,
             "base_model_fingerprint": bm.fingerprint, "family": bm.family.value,
             "vectors": vectors, "kind": str(Kind(kind)), "steps": steps, "lr": lr,
             "batch": batch, "resolution": res, "seed": seed,
