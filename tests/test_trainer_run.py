@@ -128,6 +128,45 @@ def test_interrupted_and_resumed_equals_uninterrupted(images, fast, tmp_path):
         train([images], run_dir=run_b, resume=True, **common)
 
 
+# fp16 matrix products are slow on CPUs: the fp16 case uses the smaller model.
+@pytest.mark.parametrize(("model", "precision"), [("tiny-sdxl", "bf16"), ("tiny-sd1", "fp16")])
+def test_half_precision_path_runs_on_the_cpu(model, precision, images, fast, tmp_path, capfd):
+    """The CUDA dtype path on a CPU: frozen models in bf16/fp16, fp32 vectors, and for
+    fp16 the grad scaler, whose state a checkpoint keeps so a resumed run is exact."""
+    from conceptlib.trainer.base import load_base
+
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    bm = load_base(model, dtype=dtype, cache_dir=fast["cache_dir"])
+    frozen = {s.slot: s.encoder.get_input_embeddings().weight.detach().clone() for s in bm.slots}
+    common = dict(name="half", init="toy", vectors=2, steps=4, checkpoint_every=2, seed=5,
+                  register=False, base=bm, **dict(fast, cache_dir=None))  # fmt: skip
+    capfd.readouterr()
+    straight = train([images], run_dir=tmp_path / "a", **common)
+
+    def kill_at_3(p):
+        if p.phase == "train" and p.step == 3:
+            raise Stop
+
+    with pytest.raises(Stop):
+        train([images], run_dir=tmp_path / "b", progress=kill_at_3, **common)
+    state, _ = load_checkpoint(tmp_path / "b" / CHECKPOINT_NAME)
+    assert ("scaler" in state) == (precision == "fp16")
+    resumed = train([images], run_dir=tmp_path / "b", resume=True, **common)
+    out = capfd.readouterr()
+    assert (out.out, out.err) == ("", "")  # no library chatter (VAE upcast, fp16 sampling)
+
+    assert straight.precision == precision and straight.config["precision"] == precision
+    for slot, vec in straight.embedding.vectors.items():
+        assert vec.dtype == np.float32 and np.isfinite(vec).all()
+        np.testing.assert_allclose(resumed.embedding.vectors[slot], vec, rtol=0, atol=1e-6)
+    assert all(np.isfinite(straight.losses))
+    for s in bm.slots:
+        table = s.encoder.get_input_embeddings().weight
+        assert table.dtype == dtype and torch.equal(
+            table[: frozen[s.slot].shape[0]], frozen[s.slot]
+        )
+
+
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(images, fast, tmp_path, monkeypatch):
     real = loop.compute_loss
 

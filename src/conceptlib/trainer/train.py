@@ -227,7 +227,7 @@ def train(
         TrainingError: nothing to resume, or a checkpoint of a different run.
     """
     from conceptlib.config import load_settings
-    from conceptlib.trainer.base import BaseModel, load_base, resolve_device
+    from conceptlib.trainer.base import BaseModel, load_base, quiet_libraries, resolve_device
     from conceptlib.trainer.checkpoint import CHECKPOINT_NAME
     from conceptlib.trainer.images import MIN_TRAINING_IMAGES, load_training_images, to_pixels
     from conceptlib.trainer.loop import TextualInversion
@@ -294,27 +294,30 @@ def train(
             "training_images_hash": imgs.hash, "training_image_count": imgs.count,
             "conceptlib_version": _version(),
         }  # fmt: skip
-        engine = TextualInversion(
-            bm, to_pixels(imgs.images, res), template_list, name=name, init=init,
-            vectors=vectors, lr=lr, batch=batch, seed=seed, weight_decay=weight_decay,
-            flip=flip, compile=compile, total_steps=steps,
-        )  # fmt: skip
-        try:
-            for r in engine.init_reports:
-                msg = r.message(init)
-                if msg:
-                    run.say(msg)
-            if resume:
-                run.resume(engine, config)
-            run.train(engine, config, checkpoint_every=checkpoint_every, sample_every=sample_every,
-                      sample_steps=sample_steps or (20 if bm.is_tiny else 30))  # fmt: skip
-            return run.finish(
-                engine, bm, config, imgs, name=name, init=init, kind=kind, tags=tags,
-                description=description, precision=precision,
-                library=library if register else None,
+        # diffusers warns through its logger when the VAE is upcast for encoding, and
+        # its SDXL pipeline with a FutureWarning when sampling in fp16: the library is quiet.
+        with quiet_libraries():
+            engine = TextualInversion(
+                bm, to_pixels(imgs.images, res), template_list, name=name, init=init,
+                vectors=vectors, lr=lr, batch=batch, seed=seed, weight_decay=weight_decay,
+                flip=flip, compile=compile, total_steps=steps,
             )  # fmt: skip
-        finally:
-            engine.close()
+            try:
+                for r in engine.init_reports:
+                    msg = r.message(init)
+                    if msg:
+                        run.say(msg)
+                if resume:
+                    run.resume(engine, config)
+                run.train(engine, config, checkpoint_every=checkpoint_every, sample_every=sample_every,
+                          sample_steps=sample_steps or (20 if bm.is_tiny else 30))  # fmt: skip
+                return run.finish(
+                    engine, bm, config, imgs, name=name, init=init, kind=kind, tags=tags,
+                    description=description, precision=precision,
+                    library=library if register else None,
+                )  # fmt: skip
+            finally:
+                engine.close()
     finally:
         if owned_library is not None:
             owned_library.close()
