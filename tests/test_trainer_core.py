@@ -192,3 +192,111 @@ def test_load_base_refuses_what_it_cannot_use(tmp_path):
     ckpt.write_bytes(b"\x80\x02}q\x00.")
     with pytest.raises(BaseModelError, match="safetensors"):
         load_base(ckpt)
+
+
+@pytest.fixture
+def read_back_guard(monkeypatch):
+    """Make every tensor -> Python read-back (a host sync on CUDA) raise while armed."""
+    armed = {"on": False}
+    names = ["item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__", "__index__"]
+    for name in names:
+        original = getattr(torch.Tensor, name)
+
+        def guarded(self, *args, _name=name, _original=original, **kwargs):
+            if armed["on"]:
+                raise AssertionError(f"Tensor.{_name} called inside a training step")
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, guarded)
+    return armed
+
+
+@pytest.mark.parametrize(
+    ("name", "dtype"),
+    [("tiny-sd1", torch.float32), ("tiny-sdxl", torch.float32), ("tiny-sd1", torch.float16)],
+)
+def test_a_step_never_reads_values_back(name, dtype, read_back_guard):
+    """No .item()/float()/bool()/.cpu() in the step, the optimizer or the fp16 grad
+    scaler: on CUDA each would stall the GPU until the step's kernels finish."""
+    bm = load_base(name, dtype=dtype, cache_dir=tiny_cache_dir())
+    ti = TextualInversion(bm, PIXELS, ["a photo of a {}"], name="sync", init="toy",
+                          batch=2, total_steps=3)  # fmt: skip
+    try:
+        assert (ti.scaler is not None) == (dtype == torch.float16)
+        read_back_guard["on"] = True
+        for _ in range(3):
+            ti.step()
+        read_back_guard["on"] = False
+        losses = ti.read_losses(0, 3)  # the one read-back, outside the steps
+    finally:
+        read_back_guard["on"] = False
+        ti.close()
+    assert len(losses) == 3 and all(np.isfinite(losses))
+
+
+@pytest.mark.parametrize("name", ["tiny-sd1", "tiny-sdxl"])
+def test_images_are_encoded_and_templates_tokenized_once(name, monkeypatch):
+    bm = fresh_base(name)
+    calls = {"encode": 0, "tokenize": 0}
+    vae = bm.pipeline.vae
+    real_encode = vae.encode
+
+    def counting_encode(*args, **kwargs):
+        calls["encode"] += 1
+        return real_encode(*args, **kwargs)
+
+    monkeypatch.setattr(vae, "encode", counting_encode)
+    for tokenizer_cls in {type(slot.tokenizer) for slot in bm.slots}:
+        real_call = tokenizer_cls.__call__
+
+        def counting_call(self, *args, _real=real_call, **kwargs):
+            calls["tokenize"] += 1
+            return _real(self, *args, **kwargs)
+
+        monkeypatch.setattr(tokenizer_cls, "__call__", counting_call)
+    templates = ["a photo of a {}", "a {} on a table", "a close-up photo of the {}"]
+    ti = TextualInversion(bm, PIXELS, templates, name="once", init="toy", batch=2,
+                          total_steps=4)  # fmt: skip
+    try:
+        # set-up: 3 images + 3 mirrors in chunks of 4; one call per tokenizer for all
+        # templates, one per tokenizer for the initializer
+        assert calls["encode"] == 2
+        assert calls["tokenize"] == 2 * len(bm.slots)
+        assert tuple(ti.mean.shape) == (6, 4, 8, 8) and tuple(ti.std.shape) == (6, 4, 8, 8)
+        before = dict(calls)
+        for _ in range(4):
+            ti.step()
+        assert calls == before  # steps sample the cached posteriors and token ids
+    finally:
+        ti.close()
+
+
+def test_attention_runs_through_scaled_dot_product_attention():
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    for name in ("tiny-sd1", "tiny-sdxl"):
+        bm = fresh_base(name)
+        processors = bm.pipeline.unet.attn_processors.values()
+        assert processors and all(isinstance(p, AttnProcessor2_0) for p in processors)
+        for slot in bm.slots:
+            assert slot.encoder.config._attn_implementation == "sdpa"
+
+
+def test_compiled_unet_trains_like_the_eager_one():
+    """``compile`` wraps the UNet in torch.compile; the ``aot_eager`` backend traces the
+    same graphs (forward and backward) as inductor without its minute of C++ builds."""
+    runs = {}
+    for compile_ in (False, "aot_eager"):
+        bm = fresh_base("tiny-sd1")
+        ti = TextualInversion(bm, PIXELS, ["a photo of a {}"], name="comp", init="toy",
+                              batch=2, seed=4, total_steps=3, compile=compile_)  # fmt: skip
+        try:
+            assert (ti.unet_fn is not ti.unet) == bool(compile_)
+            for _ in range(3):
+                ti.step()
+            runs[compile_] = (ti.read_losses(0, 3), ti.vectors()["clip_l"])
+        finally:
+            ti.close()
+    (eager_losses, eager_vec), (comp_losses, comp_vec) = runs[False], runs["aot_eager"]
+    np.testing.assert_allclose(comp_losses, eager_losses, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(comp_vec, eager_vec, rtol=1e-5, atol=1e-6)

@@ -58,7 +58,12 @@ _STEPS, _LR, _BATCH, _CKPT, _SAMPLE = 2000, 5e-3, 4, 250, 500
     show_default=True,
     help="Sample images every K steps (0: only at the end).",
 )
-@click.option("--compile", "compile_", is_flag=True, help="torch.compile the UNet (CUDA).")
+@click.option(
+    "--compile",
+    "compile_",
+    is_flag=True,
+    help="torch.compile the UNet (worth it on CUDA; on a CPU the first step compiles for a minute or more).",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or log lines.")
 @json_option
 def train_cmd(

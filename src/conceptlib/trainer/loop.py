@@ -132,7 +132,8 @@ class TextualInversion:
         seed: seed of the run's generator.
         weight_decay: AdamW weight decay on the new rows.
         flip: also cache mirrored images and sample them half the time.
-        compile: wrap the UNet in ``torch.compile``.
+        compile: wrap the UNet in ``torch.compile``: ``True`` for the default (inductor)
+            backend, or a backend's name (``"aot_eager"`` traces without generating code).
 
     The encoders' embedding layers are swapped for :class:`MergedEmbedding` until
     :meth:`close` (also on a failure inside the constructor).
@@ -152,7 +153,7 @@ class TextualInversion:
         seed: int = 0,
         weight_decay: float = 0.0,
         flip: bool = True,
-        compile: bool = False,
+        compile: bool | str = False,
         total_steps: int = 1,
     ) -> None:
         import torch
@@ -189,7 +190,7 @@ class TextualInversion:
         lr: float,
         weight_decay: float,
         flip: bool,
-        compile: bool,
+        compile: bool | str,
         total_steps: int,
     ) -> None:
         import torch
@@ -266,10 +267,14 @@ class TextualInversion:
             )
 
         # ---- optimizer and loss buffer
-        fused = self.device.type == "cuda"
-        self.optimizer = torch.optim.AdamW(
-            list(self.params.values()), lr=lr, weight_decay=weight_decay, fused=fused or None
-        )
+        # Fused AdamW keeps its step counter on the device and never reads it back
+        # (the for-each version calls .item() on it every step). CPUs have it since
+        # torch 2.4; older ones fall back.
+        params = list(self.params.values())
+        try:
+            self.optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
+        except RuntimeError:  # pragma: no cover - torch < 2.4 on a CPU
+            self.optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
         self.scaler = (
             torch.amp.GradScaler(self.device.type) if self.dtype == torch.float16 else None
         )
@@ -278,7 +283,8 @@ class TextualInversion:
             self.unet.to(memory_format=torch.channels_last)
         self.unet_fn = self.unet
         if compile:
-            self.unet_fn = torch.compile(self.unet, dynamic=False)
+            backend = compile if isinstance(compile, str) else "inductor"
+            self.unet_fn = torch.compile(self.unet, dynamic=False, backend=backend)
 
     # ------------------------------------------------------------------ set-up helpers
 

@@ -173,7 +173,7 @@ def train(
     sample_steps: int | None = None,
     weight_decay: float = 0.0,
     flip: bool = True,
-    compile: bool = False,
+    compile: bool | str = False,
     device: str | None = None,
     base_config: str | os.PathLike[str] | None = None,
     min_images: int | None = None,
@@ -208,7 +208,8 @@ def train(
         sample_every: generate samples every this many steps (0: only at the end).
         sample_steps: denoising steps for samples (default 20 tiny, 30 otherwise).
         weight_decay, flip: AdamW weight decay; also train on mirrored images.
-        compile: ``torch.compile`` the UNet (CUDA).
+        compile: ``torch.compile`` the UNet (worth it on CUDA): ``True`` for inductor, or
+            a backend's name.
         device: ``cuda``, ``cpu`` or ``None`` (auto).
         base_config: for a single-file ``base``: the diffusers folder (or cached repo id)
             of a model of the same architecture, whose configs and tokenizers are used.
