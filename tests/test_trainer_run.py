@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -237,6 +238,52 @@ def test_cli_trains_on_a_single_file_checkpoint(images, _isolated_home, tmp_path
     (run,) = info.training_runs
     assert run.config["base"] == str(ckpt)
     assert run.config["base_config"] == str(tiny_folder("tiny-sd1"))
+
+
+def test_cli_progress_bar_shows_loss_rate_and_eta_on_a_terminal(images, _isolated_home):
+    """Run as a real process on a pseudo-terminal: the bar is drawn on stderr with the
+    step count, the loss, steps/s and the time remaining."""
+    import pty
+    import select
+    import subprocess
+    import sys
+    import time
+
+    link_tiny_into_home(_isolated_home)
+    master, slave = pty.openpty()
+    env = {k: v for k, v in os.environ.items() if k != "CI"}
+    env.update(TERM="xterm-256color", COLUMNS="160")
+    cmd = [sys.executable, "-m", "conceptlib", "train", str(images), "--name", "bar-thing",
+           "--init", "toy", "--steps", "12", "--batch", "1", "--sample-every", "0"]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=slave, env=env)  # fmt: skip
+    os.close(slave)
+    chunks = []
+    deadline = time.monotonic() + 240
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 1.0)
+            if ready:
+                try:
+                    data = os.read(master, 65536)
+                except OSError:  # the other end closed
+                    break
+                if not data:
+                    break
+                chunks.append(data)
+            elif proc.poll() is not None:
+                break
+        proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(master)
+    screen = b"".join(chunks).decode("utf-8", "replace")
+    assert proc.returncode == 0, screen[-2000:]
+    assert "training" in screen and "/12" in screen
+    assert "loss " in screen and "steps/s" in screen
+    assert re.search(r"\d:\d\d:\d\d", screen)  # elapsed / remaining columns
+    assert "registered" in proc.stdout.read().decode()
 
 
 def test_cli_defaults_match_the_library():

@@ -104,6 +104,8 @@ def train_cmd(
       conceptlib train a.jpg b.jpg c.jpg --name my-style --init painting --kind style \\
           --base stabilityai/stable-diffusion-xl-base-1.0 --vectors 4
       conceptlib train photos/ --name cat-toy --init toy --base ./sd15 --resume
+      conceptlib train photos/ --name cat-toy --init toy \\
+          --base dreamshaper_8.safetensors --base-config ./sd15
     """
     from conceptlib.trainer.train import train
 
