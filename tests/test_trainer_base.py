@@ -8,6 +8,7 @@ import shutil
 import struct
 import time
 
+import numpy as np
 import pytest
 from compose_support import tiny_folder
 from ldm_layout import save_single_file
@@ -34,30 +35,47 @@ def _safetensors(path, keys, *, pad_to: int = 0):
             fh.truncate(pad_to)  # sparse: a "big" file that costs nothing to make
 
 
+def _sha(b: bytes) -> str:
+    return hashlib.sha256(b).hexdigest()
+
+
+def _expected_line(rel: str, data: bytes) -> str:
+    """The documented fp2 line of a safetensors file, computed independently."""
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + n])
+    samples = b""
+    for lo, hi in sorted(v["data_offsets"] for k, v in header.items() if k != "__metadata__"):
+        tensor = data[8 + n + lo : 8 + n + hi]
+        samples += tensor if len(tensor) <= 8192 else tensor[:4096] + tensor[-4096:]
+    return "\t".join([rel, str(len(data)), _sha(data[8 : 8 + n]), _sha(samples)])
+
+
 def test_fingerprint_is_the_documented_cheap_recipe(tmp_path):
+    from safetensors.numpy import save_file
+
     folder = tmp_path / "model"
     (folder / "unet").mkdir(parents=True)
+    (folder / "text_encoder").mkdir()
     (folder / "safety_checker").mkdir()
     weights = folder / "unet" / "diffusion_pytorch_model.safetensors"
-    _safetensors(weights, ["a", "b"])
+    rng = np.random.default_rng(0)
+    tensors = {"small": rng.standard_normal(3, dtype=np.float32),
+               "big": rng.standard_normal((50, 100), dtype=np.float32)}  # fmt: skip
+    save_file(tensors, str(weights), metadata={"format": "pt"})
+    pickled = folder / "text_encoder" / "pytorch_model.bin"
+    pickled.write_bytes(bytes(range(256)) * 9000)  # 2.2 MiB: head and tail differ
     (folder / "safety_checker" / "model.safetensors").write_bytes(b"ignored")
     (folder / "unet" / "config.json").write_text("{}")  # not a weight file
-    data = weights.read_bytes()
-    (n,) = struct.unpack("<Q", data[:8])
-
-    def sha(b):
-        return hashlib.sha256(b).hexdigest()
-
-    line = "\t".join(
-        [
-            "unet/diffusion_pytorch_model.safetensors",
-            str(len(data)),
-            sha(data),
-            sha(data),
-            sha(data[8 : 8 + n]),
-        ]
+    raw = pickled.read_bytes()
+    lines = [
+        "\t".join(["text_encoder/pytorch_model.bin", str(len(raw)),
+                   _sha(raw[: 1024**2]), _sha(raw[-(1024**2) :])]),
+        _expected_line("unet/diffusion_pytorch_model.safetensors", weights.read_bytes()),
+    ]  # fmt: skip
+    assert fingerprint_path(folder) == "fp2:" + _sha("\n".join(lines).encode())
+    assert fingerprint_path(weights) == "fp2:" + _sha(
+        _expected_line("", weights.read_bytes()).encode()
     )
-    assert fingerprint_path(folder) == "fp1:" + sha(line.encode())
 
     copy = tmp_path / "elsewhere" / "model"
     shutil.copytree(folder, copy)
@@ -67,23 +85,83 @@ def test_fingerprint_is_the_documented_cheap_recipe(tmp_path):
     assert fingerprint_path(copy) != fingerprint_path(folder)
 
 
-def test_fingerprint_reads_only_the_ends_of_big_files(tmp_path):
+def test_fingerprint_sees_every_tensor_but_reads_little(tmp_path, monkeypatch):
+    """A 3 GiB file of 300 tensors (sparse: costs nothing to make). Changing any one
+    tensor changes the fingerprint; about 8 KiB per tensor are read, not gigabytes."""
+    from conceptlib.trainer import base as base_mod
+
+    count, each = 300, 10 * 1024**2
+    header = {f"t{i:03d}": {"dtype": "U8", "shape": [each], "data_offsets": [i * each, (i + 1) * each]}
+              for i in range(count)}  # fmt: skip
+    raw = json.dumps(header).encode()
     big = tmp_path / "big.safetensors"
-    _safetensors(big, ["w"], pad_to=3 * 1024**3)
-    start = time.perf_counter()
+    with open(big, "wb") as fh:
+        fh.write(struct.pack("<Q", len(raw)) + raw)
+        fh.truncate(8 + len(raw) + count * each)
+    data_start = 8 + len(raw)
+
+    read = {"bytes": 0}
+    real_open = open
+
+    class Counting:
+        def __init__(self, fh):
+            self.fh = fh
+
+        def read(self, n=-1):
+            out = self.fh.read(n)
+            read["bytes"] += len(out)
+            return out
+
+        def seek(self, *a):
+            return self.fh.seek(*a)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.fh.close()
+
+    monkeypatch.setattr(base_mod, "open", lambda *a, **k: Counting(real_open(*a, **k)),
+                        raising=False)  # fmt: skip
     first = fingerprint_path(big)
-    assert time.perf_counter() - start < 2.0
-    with open(big, "r+b") as fh:  # a change in the middle is not seen (by design: cheap)
-        fh.seek(1024**3)
-        fh.write(b"x")
+    assert read["bytes"] <= 8 + len(raw) + count * 8192  # 2.4 MiB of a 3 GiB file
+    monkeypatch.undo()
+
+    def poke(offset):
+        with open(big, "r+b") as fh:
+            fh.seek(offset)
+            old = fh.read(1)
+            fh.seek(offset)
+            fh.write(b"x")
+        changed = fingerprint_path(big)
+        with open(big, "r+b") as fh:
+            fh.seek(offset)
+            fh.write(old)
+        return changed
+
+    for i in (0, 137, count - 1):  # the start and the end of any tensor are seen
+        assert poke(data_start + i * each) != first
+        assert poke(data_start + (i + 1) * each - 1) != first
+    assert poke(data_start + 5 * each + each // 2) == first  # mid-tensor only: by design
     assert fingerprint_path(big) == first
-    with open(big, "r+b") as fh:  # a change in the last MiB is
-        fh.seek(3 * 1024**3 - 10)
-        fh.write(b"x")
-    changed = fingerprint_path(big)
-    assert changed != first
     renamed = big.rename(tmp_path / "renamed.safetensors")
-    assert fingerprint_path(renamed) == changed  # a single file's name is not part of it
+    assert fingerprint_path(renamed) == first  # a single file's name is not part of it
+
+
+def test_fingerprint_tells_a_one_tensor_merge_apart(tmp_path):
+    """Two single-file checkpoints that differ in one UNet tensor in the middle of the
+    file (a merged LoRA, say) get different fingerprints."""
+    from safetensors.torch import load_file, save_file
+
+    ckpt = tmp_path / "a.safetensors"
+    save_single_file(load_base(tiny_folder("tiny-sd1")).pipeline, ckpt)
+    tensors = load_file(ckpt)
+    key = "model.diffusion_model.middle_block.1.proj_in.weight"
+    tensors[key] = tensors[key] + 1e-3
+    other = tmp_path / "b.safetensors"
+    save_file(tensors, other)
+    assert other.stat().st_size == ckpt.stat().st_size
+    assert fingerprint_path(other) != fingerprint_path(ckpt)
 
 
 def test_local_diffusers_folder(tmp_path):

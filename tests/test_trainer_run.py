@@ -55,7 +55,7 @@ def test_train_registers_a_concept_with_its_training_run(images, fast, _isolated
     assert info.initializer == "teddy bear" and info.tags == ["toys"]
     assert info.base_model == "conceptlib/tiny-sd1"
     assert info.base_model_fingerprint == result.base_model_fingerprint
-    assert info.base_model_fingerprint.startswith("fp1:")
+    assert info.base_model_fingerprint.startswith("fp2:")
     assert info.training_images_hash == load_training_images([images]).hash
     assert info.training_image_count == 3
     (run,) = info.training_runs
@@ -188,15 +188,15 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(images, fast, tmp_pat
 
 
 def test_cli_train_json_and_help(images, _isolated_home):
-    from conceptlib.cli.train import train_cmd
+    from conceptlib.cli.main import cli
 
     link_tiny_into_home(_isolated_home)
     runner = CliRunner()
-    help_text = runner.invoke(train_cmd, ["--help"]).output
+    help_text = runner.invoke(cli, ["train", "-h"]).output
     assert "Example" in help_text and "--resume" in help_text and "--base" in help_text
     args = [str(images), "--name", "cli-thing", "--init", "toy", "--steps", "2", "--batch", "1",
             "--sample-every", "0", "--json"]  # fmt: skip
-    out = runner.invoke(train_cmd, args)
+    out = runner.invoke(cli, ["train", *args])
     assert out.exit_code == 0, out.output
     data = json.loads(out.output)
     assert data["registered"] and data["info"]["name"] == "cli-thing"
@@ -238,6 +238,33 @@ def test_cli_trains_on_a_single_file_checkpoint(images, _isolated_home, tmp_path
     (run,) = info.training_runs
     assert run.config["base"] == str(ckpt)
     assert run.config["base_config"] == str(tiny_folder("tiny-sd1"))
+
+    # Another fine-tune under the same file name: same model id, another fingerprint;
+    # `search --base FINGERPRINT` tells the two concepts apart.
+    from safetensors.torch import load_file, save_file
+
+    other = tmp_path / "elsewhere" / "my-finetune.safetensors"
+    other.parent.mkdir()
+    tensors = load_file(ckpt)
+    key = "model.diffusion_model.out.2.bias"
+    tensors[key] = tensors[key] + 0.01
+    save_file(tensors, other)
+    args = [str(images), "--name", "other-thing", "--init", "toy", "--steps", "1", "--batch",
+            "1", "--sample-every", "0", "--base", str(other), "--base-config",
+            str(tiny_folder("tiny-sd1")), "--json"]  # fmt: skip
+    out = runner.invoke(cli, ["train", *args])
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.output)["base_model"] == "my-finetune.safetensors"
+
+    def search(base):
+        res = runner.invoke(cli, ["search", "--base", base, "--json"])
+        assert res.exit_code == 0, res.output
+        return sorted(e["name"] for e in json.loads(res.output))
+
+    assert fingerprint_path(other) != fingerprint_path(ckpt)
+    assert search("my-finetune.safetensors") == ["other-thing", "single-thing"]
+    assert search(fingerprint_path(ckpt)) == ["single-thing"]
+    assert search(fingerprint_path(other)) == ["other-thing"]
 
 
 def test_cli_progress_bar_shows_loss_rate_and_eta_on_a_terminal(images, _isolated_home):

@@ -12,7 +12,11 @@ from conceptlib.cli.main import COMMANDS, cli
 
 
 def _help(command: click.Command, path: str) -> str:
-    # The same help option names as the real CLI (click caches the option per command).
+    # The same help option names as the real CLI. Click caches the help option per
+    # command with the names of the first context that asked: a command invoked on its
+    # own before (in a test, say) would render "--help" without "-h".
+    if getattr(command, "_help_option", None) is not None:
+        command._help_option = None
     ctx = click.Context(
         command,
         info_name=path,

@@ -310,7 +310,7 @@ def parse_infotext(text: str) -> dict[str, Any]:
 
 
 def short_fingerprint(fingerprint: str | None, n: int = 10) -> str | None:
-    """``fp1:abcdef...`` -> ``abcdef0123`` (what A1111 shows as ``Model hash``)."""
+    """``fp2:abcdef...`` -> ``abcdef0123`` (what A1111 shows as ``Model hash``)."""
     if not fingerprint:
         return None
     return fingerprint.rsplit(":", 1)[-1][:n]
