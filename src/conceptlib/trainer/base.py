@@ -281,6 +281,11 @@ def tiny_fingerprint(name: str) -> str:
 # --------------------------------------------------------------------------- loading
 
 
+def _require_diffusers_folder(folder: Path, message: str, *, hint: str) -> None:
+    if not (folder / "model_index.json").is_file():
+        raise BaseModelError(f"{message} (no model_index.json)", hint=hint, path=str(folder))
+
+
 def _folder_family(folder: Path) -> Family:
     widths = []
     for sub in ("text_encoder", "text_encoder_2"):
@@ -375,12 +380,11 @@ def _config_folder(config: str, path: Path, family: Family) -> Path:
                 path=str(path),
             )
         folder = _cached_snapshot(config)
-    if not (folder / "model_index.json").is_file():
-        raise BaseModelError(
-            f"base config {config!r} is not a diffusers folder (no model_index.json)",
-            hint="pass the diffusers folder of a model of the same architecture",
-            path=str(path),
-        )
+    _require_diffusers_folder(
+        folder,
+        f"base config {config!r} is not a diffusers folder",
+        hint="pass the diffusers folder of a model of the same architecture",
+    )
     config_family = _folder_family(folder)
     if config_family != family:
         raise BaseModelError(
@@ -483,12 +487,11 @@ def load_base(
 
         path = Path(ref_s).expanduser()
         if path.is_dir():
-            if not (path / "model_index.json").is_file():
-                raise BaseModelError(
-                    f"{path}: not a diffusers folder (no model_index.json)",
-                    hint="pass a diffusers folder, a .safetensors checkpoint, or a cached repo id",
-                    path=str(path),
-                )
+            _require_diffusers_folder(
+                path,
+                f"{path}: not a diffusers folder",
+                hint="pass a diffusers folder, a .safetensors checkpoint, or a cached repo id",
+            )
             fam = _folder_family(path)
             fingerprint = fingerprint_path(path)
             pipe = _load_folder(path, fam, dtype)
