@@ -194,7 +194,26 @@ def test_repo_id_from_the_local_hugging_face_cache(tmp_path, monkeypatch):
     assert time.perf_counter() - start < 10
 
 
-def test_single_file_checkpoints_are_offline_only(tmp_path):
+@pytest.fixture
+def no_network(monkeypatch):
+    """Any attempt to open a network connection fails (and fails the test, even if the
+    library that tried swallowed the error)."""
+    import socket
+
+    attempts = []
+
+    def refuse(*args, **kwargs):
+        attempts.append(args)
+        raise OSError(f"network access attempted in a test: {args!r}")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    yield
+    assert attempts == []
+
+
+def test_single_file_checkpoints_are_offline_only(tmp_path, no_network):
     sd1 = tmp_path / "model.safetensors"
     _safetensors(sd1, ["cond_stage_model.transformer.text_model.embeddings.token_embedding.weight",
                        "model.diffusion_model.input_blocks.0.0.weight"])  # fmt: skip
@@ -211,18 +230,6 @@ def test_single_file_checkpoints_are_offline_only(tmp_path):
     _safetensors(other, ["lora_unet_down.weight"])
     with pytest.raises(BaseModelError, match="text encoder"):
         load_base(other)
-
-
-@pytest.fixture
-def no_network(monkeypatch):
-    """Any attempt to open a network connection fails the test."""
-    import socket
-
-    def refuse(*args, **kwargs):
-        raise AssertionError(f"network access attempted: {args!r}")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
 
 
 @pytest.mark.parametrize("name", ["tiny-sd1", "tiny-sdxl"])
