@@ -43,6 +43,8 @@ from typing import Any
 
 import pytest
 
+from conceptlib.trainer.checkpoint import CHECKPOINT_NAME
+
 pytestmark = [
     pytest.mark.skipif(not hasattr(os, "fork"), reason="the kills fork from a helper process"),
     pytest.mark.timeout(60),  # each test; longer ones say so
@@ -227,7 +229,7 @@ def child_train(p: dict[str, Any], journal: Journal) -> None:
     from conceptlib.trainer.train import train
 
     run_dir = Path(p["run_dir"])
-    resume = (run_dir / "checkpoint.pt").exists()
+    resume = (run_dir / CHECKPOINT_NAME).exists()
     journal(ev="ready", resume=resume)
     lib = Library.open(p["home"]) if p["register"] else None
     try:
@@ -696,7 +698,7 @@ def test_kills_during_import_tag_and_remove(zygote: Zygote, tmp_path: Path) -> N
 def test_kills_during_checkpoint_writes(zygote: Zygote, tmp_path: Path) -> None:
     from conceptlib.trainer.checkpoint import load_checkpoint
 
-    path = tmp_path / "run" / "checkpoint.pt"
+    path = tmp_path / "run" / CHECKPOINT_NAME
     config = {"seed": 1, "steps": 10_000, "name": "ckpt-kill"}
     rng = random.Random(99)
     timing = Timing(ready=0.05, op=0.01)
@@ -829,7 +831,7 @@ def test_killed_training_run_resumes_to_the_same_result(zygote: Zygote, tmp_path
                 problems.append(
                     f"attempt {attempt}: {errors[0]['kind']}: {errors[0]['message'][-400:]}"
                 )
-            ckpt = run_dir / "checkpoint.pt"
+            ckpt = run_dir / CHECKPOINT_NAME
             if ckpt.exists():
                 try:
                     state, _ = load_checkpoint(ckpt)

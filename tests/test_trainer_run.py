@@ -350,11 +350,12 @@ def test_demo_trains_registers_finds_and_reports(tmp_path):
 
 
 def test_stale_checkpoint_temp_files_are_removed_on_the_next_save(tmp_path):
-    """A write killed mid-way leaves `.checkpoint.pt.XXXX.tmp`; the next save removes it."""
+    """A write killed mid-way leaves `.checkpoint.safetensors.XXXX.tmp`; the next save
+    removes it."""
     from conceptlib.trainer.checkpoint import load_checkpoint, save_checkpoint
 
-    path = tmp_path / "checkpoint.pt"
-    stale = tmp_path / ".checkpoint.pt.abc123.tmp"
+    path = tmp_path / CHECKPOINT_NAME
+    stale = tmp_path / f".{CHECKPOINT_NAME}.abc123.tmp"
     stale.write_bytes(b"half a checkpoint")
     other = tmp_path / ".other.pt.abc123.tmp"
     other.write_bytes(b"not ours")
@@ -362,3 +363,98 @@ def test_stale_checkpoint_temp_files_are_removed_on_the_next_save(tmp_path):
     assert not stale.exists() and other.exists()
     state, config = load_checkpoint(path)
     assert state["step"] == 3 and config == {"steps": 10}
+
+
+def test_checkpoint_is_safetensors_with_json_metadata_and_round_trips(tmp_path):
+    """No pickle: tensors in a safetensors file, the rest as JSON in its metadata; the
+    state comes back with its types (int keys, tuples, None, bools, uint8 RNG state)."""
+    from safetensors import safe_open
+
+    from conceptlib.trainer.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
+
+    g = torch.Generator().manual_seed(3)
+    state = {
+        "step": 7,
+        "vectors": {"clip_l": torch.randn(2, 768, generator=g), "clip_g": torch.randn(2, 1280)},
+        "optimizer": {
+            "state": {0: {"step": torch.tensor(7.0), "exp_avg": torch.zeros(2, 768)}},
+            "param_groups": [
+                {
+                    "lr": 5e-3,
+                    "betas": (0.9, 0.999),
+                    "foreach": None,
+                    "fused": True,
+                    "params": [0, 1],
+                }
+            ],  # fmt: skip
+        },
+        "generator": g.get_state(),
+        "losses": torch.linspace(1.0, 0.5, 7),
+        "scaler": {"scale": 65536.0, "growth_factor": 2.0, "_growth_tracker": 3},
+        "wall_time_s": 1.5,
+    }
+    path = tmp_path / CHECKPOINT_NAME
+    save_checkpoint(path, state, {"lr": 5e-3, "steps": 10, "templates": None})
+    with safe_open(str(path), framework="pt") as f:
+        assert f.metadata()["format"] == CHECKPOINT_FORMAT
+        # two vectors, the step counter, exp_avg, the generator state, the losses
+        assert len(list(f.keys())) == 6
+    loaded, config = load_checkpoint(path)
+    assert config == {"lr": 5e-3, "steps": 10, "templates": None}
+    assert (
+        loaded["step"] == 7 and loaded["wall_time_s"] == 1.5 and loaded["scaler"] == state["scaler"]
+    )
+    group = loaded["optimizer"]["param_groups"][0]
+    assert group["betas"] == (0.9, 0.999) and isinstance(group["betas"], tuple)
+    assert group["foreach"] is None and group["fused"] is True and group["params"] == [0, 1]
+    assert list(loaded["optimizer"]["state"]) == [0]  # an int key stays an int
+    assert torch.equal(loaded["optimizer"]["state"][0]["step"], torch.tensor(7.0))
+    assert loaded["generator"].dtype == torch.uint8
+    assert torch.equal(loaded["generator"], state["generator"])
+    for slot, vec in state["vectors"].items():
+        assert torch.equal(loaded["vectors"][slot], vec)
+
+
+def test_bad_checkpoints_are_refused_clearly_and_never_run(tmp_path):
+    import pickle
+
+    from safetensors.torch import save_file
+
+    from conceptlib.trainer.checkpoint import load_checkpoint
+
+    sentinel = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(sentinel), "w"))
+
+    path = tmp_path / CHECKPOINT_NAME
+    path.write_bytes(pickle.dumps({"step": Evil()}))
+    with pytest.raises(TrainingError, match="unreadable checkpoint"):
+        load_checkpoint(path)
+    assert not sentinel.exists()
+    save_file({"w": torch.zeros(2)}, str(path), metadata={"format": "something else"})
+    with pytest.raises(TrainingError, match="not a conceptlib training checkpoint"):
+        load_checkpoint(path)
+    path.write_bytes(b"\x05")
+    with pytest.raises(TrainingError, match="unreadable checkpoint"):
+        load_checkpoint(path)
+
+
+def test_a_legacy_pickled_checkpoint_is_named_not_loaded(images, _isolated_home, catalog_snapshot):
+    from conceptlib.cli.main import cli
+
+    link_tiny_into_home(_isolated_home)
+    run_dir = _isolated_home / "runs" / "old-run"
+    run_dir.mkdir(parents=True)
+    (run_dir / "checkpoint.pt").write_bytes(b"\x80\x02}q\x00.")  # a 0.1.0 pickled checkpoint
+    before = catalog_snapshot(_isolated_home)
+    args = ["train", str(images), "--name", "old-run", "--init", "toy", "--steps", "2",
+            "--sample-every", "0", "--resume"]  # fmt: skip
+    out = CliRunner().invoke(cli, args)
+    assert out.exit_code == 8, out.output
+    first = out.output.strip().splitlines()[0]  # refused before loading the base model
+    assert first.startswith("error: ") and "conceptlib 0.1.0" in first, out.output
+    assert "without --resume" in out.output
+    assert catalog_snapshot(_isolated_home) == before
+    assert (run_dir / "checkpoint.pt").exists()

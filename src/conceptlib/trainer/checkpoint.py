@@ -6,14 +6,15 @@ config (to refuse resuming a different run). It is kilobytes, written to a
 temporary file in the same folder, fsynced, then renamed over the old one, so a
 kill at any moment leaves either the previous checkpoint or the new one.
 
-It is read back with ``torch.load(weights_only=True)``: tensors, numbers, strings
-and containers only.
+The file is a safetensors file: the tensors (vectors, optimizer moments, generator
+state, losses) are its tensors, and everything else (the nesting of the state, its
+numbers and strings, the config) is JSON in its metadata. No pickle is written or
+read, so a tampered run folder can at worst hold wrong numbers.
 """
 
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import os
 import tempfile
@@ -22,8 +23,10 @@ from typing import Any
 
 from conceptlib.errors import TrainingError
 
-CHECKPOINT_NAME = "checkpoint.pt"
-CHECKPOINT_FORMAT = "conceptlib-textual-inversion-checkpoint/1"
+CHECKPOINT_NAME = "checkpoint.safetensors"
+#: conceptlib 0.1.0 wrote pickled checkpoints under this name; they are not read.
+LEGACY_CHECKPOINT_NAME = "checkpoint.pt"
+CHECKPOINT_FORMAT = "conceptlib-textual-inversion-checkpoint/2"
 
 #: Config keys that must match for a run to be resumed (``steps`` may grow).
 RESUME_KEYS = (
@@ -66,21 +69,62 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
             os.close(dir_fd)
 
 
+# --------------------------------------------------------------------------- state <-> JSON + tensors
+
+
+def _encode(obj: Any, tensors: dict[str, Any]) -> Any:
+    """``obj`` as JSON, its tensors moved into ``tensors`` (named ``t0``, ``t1``...)."""
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        name = f"t{len(tensors)}"
+        tensors[name] = obj.detach().cpu().contiguous().clone()
+        return {"tensor": name}
+    if isinstance(obj, dict):
+        for key in obj:
+            if not isinstance(key, (str, int)) or isinstance(key, bool):
+                raise TypeError(f"checkpoint keys must be str or int, not {type(key).__name__}")
+        return {"dict": [[k, _encode(v, tensors)] for k, v in obj.items()]}
+    if isinstance(obj, (list, tuple)):
+        return {"list" if isinstance(obj, list) else "tuple": [_encode(v, tensors) for v in obj]}
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return {"value": obj}
+    raise TypeError(f"cannot store a {type(obj).__name__} in a checkpoint")
+
+
+def _decode(node: Any, tensors: dict[str, Any]) -> Any:
+    if not isinstance(node, dict) or len(node) != 1:
+        raise ValueError("malformed state")
+    ((kind, value),) = node.items()
+    if kind == "tensor":
+        return tensors[value]
+    if kind == "dict":
+        return {k: _decode(v, tensors) for k, v in value}
+    if kind == "list":
+        return [_decode(v, tensors) for v in value]
+    if kind == "tuple":
+        return tuple(_decode(v, tensors) for v in value)
+    if kind == "value":
+        return value
+    raise ValueError(f"malformed state (unknown node {kind!r})")
+
+
 def save_checkpoint(
     path: str | os.PathLike[str], state: dict[str, Any], config: dict[str, Any]
 ) -> None:
     """Write ``state`` (from ``TextualInversion.state_dict``) and ``config`` atomically."""
-    import torch
+    from safetensors.torch import save
 
-    payload = {
+    tensors: dict[str, Any] = {}
+    skeleton = _encode(state, tensors)
+    metadata = {
         "format": CHECKPOINT_FORMAT,
-        "config_json": json.dumps(config, sort_keys=True),
-        **state,
+        "config": json.dumps(config, sort_keys=True),
+        "state": json.dumps(skeleton),
     }
-    buf = io.BytesIO()
-    torch.save(payload, buf)
+    data = save(tensors, metadata=metadata)
     remove_stale_temp_files(path)
-    atomic_write_bytes(path, buf.getvalue())
+    atomic_write_bytes(path, data)
 
 
 def remove_stale_temp_files(path: str | os.PathLike[str]) -> list[Path]:
@@ -101,28 +145,64 @@ def load_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[
     Raises:
         TrainingError: missing, unreadable, or not a conceptlib checkpoint.
     """
-    import torch
+    from safetensors import SafetensorError
+    from safetensors.torch import load
 
     path = Path(path)
+    require_checkpoint(path)
     try:
         data = path.read_bytes()
-    except FileNotFoundError as exc:
-        raise TrainingError(
-            f"no checkpoint to resume at {path}",
-            hint="start the run without --resume",
-            path=str(path),
-        ) from exc
+    except OSError as exc:
+        raise TrainingError(f"{path}: cannot read the checkpoint ({exc})", path=str(path)) from exc
     try:
-        payload = torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
-    except Exception as exc:
+        metadata = _header_metadata(data)
+        if metadata.get("format") != CHECKPOINT_FORMAT:
+            raise TrainingError(f"{path}: not a conceptlib training checkpoint", path=str(path))
+        state = _decode(json.loads(metadata["state"]), load(data))
+        config = json.loads(metadata["config"])
+    except TrainingError:
+        raise
+    except (SafetensorError, ValueError, KeyError, TypeError) as exc:
         raise TrainingError(
             f"{path}: unreadable checkpoint ({type(exc).__name__}: {exc})", path=str(path)
         ) from exc
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+    if not isinstance(state, dict) or not isinstance(config, dict):
         raise TrainingError(f"{path}: not a conceptlib training checkpoint", path=str(path))
-    config = json.loads(payload.pop("config_json"))
-    payload.pop("format")
-    return payload, config
+    return state, config
+
+
+def require_checkpoint(path: str | os.PathLike[str]) -> None:
+    """Raise a clear ``TrainingError`` unless there is a checkpoint at ``path`` to resume."""
+    path = Path(path)
+    if path.is_file():
+        return
+    legacy = path.with_name(LEGACY_CHECKPOINT_NAME)
+    if legacy.is_file():
+        raise TrainingError(
+            f"{legacy} was written by conceptlib 0.1.0 (a pickled checkpoint), which this "
+            "version does not read",
+            hint="delete it and start the run again without --resume",
+            path=str(legacy),
+        )
+    raise TrainingError(
+        f"no checkpoint to resume at {path}",
+        hint="start the run without --resume",
+        path=str(path),
+    )
+
+
+def _header_metadata(data: bytes) -> dict[str, str]:
+    """The ``__metadata__`` of a safetensors file's bytes (ValueError if malformed)."""
+    if len(data) < 8:
+        raise ValueError("too short for a safetensors file")
+    n = int.from_bytes(data[:8], "little")
+    if n > len(data) - 8:
+        raise ValueError("header longer than the file")
+    header = json.loads(data[8 : 8 + n])
+    metadata = header.get("__metadata__") if isinstance(header, dict) else None
+    if not isinstance(metadata, dict):
+        raise ValueError("no metadata")
+    return metadata
 
 
 def check_resumable(saved: dict[str, Any], current: dict[str, Any], step: int, path: Path) -> None:

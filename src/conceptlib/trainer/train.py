@@ -229,7 +229,7 @@ def train(
     """
     from conceptlib.config import load_settings
     from conceptlib.trainer.base import BaseModel, load_base, quiet_libraries, resolve_device
-    from conceptlib.trainer.checkpoint import CHECKPOINT_NAME
+    from conceptlib.trainer.checkpoint import CHECKPOINT_NAME, require_checkpoint
     from conceptlib.trainer.images import MIN_TRAINING_IMAGES, load_training_images, to_pixels
     from conceptlib.trainer.loop import TextualInversion
     from conceptlib.trainer.templates import load_templates
@@ -247,7 +247,9 @@ def train(
         settings = library.settings if library is not None else load_settings()
         run.dir = Path(run_dir) if run_dir else settings.runs_dir / name
         run.ckpt_path = run.dir / CHECKPOINT_NAME
-        if not resume and run.ckpt_path.exists():
+        if resume:
+            require_checkpoint(run.ckpt_path)  # before the minutes of loading a base model
+        elif run.ckpt_path.exists():
             raise TrainingError(
                 f"an unfinished run of {name!r} has a checkpoint at {run.ckpt_path}",
                 hint="pass --resume to continue it, or delete the file to start over",
