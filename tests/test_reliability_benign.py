@@ -13,8 +13,6 @@ Figures: ``CONCEPTLIB_RELIABILITY_REPORT=/path/figures.jsonl`` appends them ther
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,6 +35,7 @@ from fixtures_formats import (
     rand_vectors,
     torch_bytes,
 )
+from reliability_support import report_figures
 
 from conceptlib.registry.formats import READ_FORMATS, read_embedding_file
 
@@ -45,15 +44,6 @@ torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.timeout(60)  # each test; longer ones say so
 
 WIDTH = {"sd1": 768, "sd2": 1024}
-
-
-def report_figures(name: str, **figures: Any) -> None:
-    line = json.dumps({"test": name, **figures}, sort_keys=True)
-    print(line)
-    target = os.environ.get("CONCEPTLIB_RELIABILITY_REPORT")
-    if target:
-        with open(target, "a", encoding="utf-8") as fh:
-            fh.write(line + "\n")
 
 
 @dataclass

@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from reliability_support import report_figures
 
 pytestmark = pytest.mark.timeout(60)  # each test; longer ones say so
 
@@ -42,15 +43,6 @@ RIVAL_PAIRS = 25
 RIVAL_COPIES = 2
 EXPECTED_ENTRIES = UNIQUE + RIVAL_PAIRS
 WIDTH = 768
-
-
-def report_figures(name: str, **figures: Any) -> None:
-    line = json.dumps({"test": name, **figures}, sort_keys=True)
-    print(line)
-    target = os.environ.get("CONCEPTLIB_RELIABILITY_REPORT")
-    if target:
-        with open(target, "a", encoding="utf-8") as fh:
-            fh.write(line + "\n")
 
 
 def _vectors(seed: int) -> np.ndarray:

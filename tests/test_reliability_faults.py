@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import json
 import os
 import signal
 import sqlite3
@@ -30,6 +29,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from reliability_support import report_figures
 
 from conceptlib.errors import ConceptlibError, DiskFull, StoreError
 from conceptlib.registry import store as store_module
@@ -40,15 +40,6 @@ from conceptlib.schemas.records import Preview
 pytestmark = pytest.mark.timeout(60)  # each test; longer ones say so
 
 RESULTS: list[dict[str, Any]] = []
-
-
-def report_figures(name: str, **figures: Any) -> None:
-    line = json.dumps({"test": name, **figures}, sort_keys=True)
-    print(line)
-    target = os.environ.get("CONCEPTLIB_RELIABILITY_REPORT")
-    if target:
-        with open(target, "a", encoding="utf-8") as fh:
-            fh.write(line + "\n")
 
 
 # --------------------------------------------------------------------------- injection

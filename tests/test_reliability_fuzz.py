@@ -47,6 +47,7 @@ from fixtures_formats import (
 )
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from reliability_support import report_figures
 
 from conceptlib.errors import ConceptlibError
 from conceptlib.registry.formats import read_embedding_bytes
@@ -84,15 +85,6 @@ FUZZ = settings(
         HealthCheck.function_scoped_fixture,
     ],
 )
-
-
-def report_figures(name: str, **figures: Any) -> None:
-    line = json.dumps({"test": name, **figures}, sort_keys=True)
-    print(line)
-    target = os.environ.get("CONCEPTLIB_RELIABILITY_REPORT")
-    if target:
-        with open(target, "a", encoding="utf-8") as fh:
-            fh.write(line + "\n")
 
 
 # --------------------------------------------------------------------------- the property

@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from reliability_support import report_figures
 
 from conceptlib.trainer.checkpoint import CHECKPOINT_NAME
 
@@ -58,15 +59,6 @@ TRAIN_STEPS = 8
 TRAIN_ATTEMPTS = 20
 POOL = 240
 PREVIEWS = 3
-
-
-def report_figures(name: str, **figures: Any) -> None:
-    line = json.dumps({"test": name, **figures}, sort_keys=True)
-    print(line)
-    target = os.environ.get("CONCEPTLIB_RELIABILITY_REPORT")
-    if target:
-        with open(target, "a", encoding="utf-8") as fh:
-            fh.write(line + "\n")
 
 
 # =========================================================================== children

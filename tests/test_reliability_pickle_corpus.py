@@ -48,6 +48,7 @@ from fixtures_formats import (
     malicious_pickle,
     with_broken_tail,
 )
+from reliability_support import report_figures
 
 from conceptlib.errors import UnsafeFile
 
@@ -58,16 +59,6 @@ pytestmark = pytest.mark.timeout(60)  # each test; longer ones say so
 PROTOCOLS = range(6)
 
 # --------------------------------------------------------------------------- figures
-
-
-def report_figures(name: str, **figures: Any) -> None:
-    """Print the figures a test measured and append them to the report file, if asked."""
-    line = json.dumps({"test": name, **figures}, sort_keys=True)
-    print(line)
-    target = os.environ.get("CONCEPTLIB_RELIABILITY_REPORT")
-    if target:
-        with open(target, "a", encoding="utf-8") as fh:
-            fh.write(line + "\n")
 
 
 # --------------------------------------------------------------------------- the audit hook
