@@ -24,7 +24,7 @@ import numpy as np
 
 
 def make_files(folder: Path, n: int, seed: int = 0) -> None:
-    from conceptlib.registry.safetensors_io import write_safetensors
+    from conceptlib.registry.formats.safetensors_io import write_safetensors
 
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)

@@ -66,7 +66,7 @@ def seed(server: HubServer, n: int) -> None:
     import numpy as np
     import torch
 
-    from conceptlib.registry.safetensors_io import write_safetensors
+    from conceptlib.registry.formats.safetensors_io import write_safetensors
 
     rng = np.random.default_rng(0)
     jpeg = b"\xff\xd8\xff\xe0" + bytes(40_000)

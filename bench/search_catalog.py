@@ -72,8 +72,8 @@ WORDS = [
 
 
 def build(home: Path, n: int, seed: int = 0) -> float:
-    from conceptlib.registry.embedding import Embedding
-    from conceptlib.registry.library import Library, _Pending
+    from conceptlib.registry.formats.embedding import Embedding
+    from conceptlib.registry.library import Library, PendingEntry
 
     rng = np.random.default_rng(seed)
     lib = Library.open(home)
@@ -98,7 +98,7 @@ def build(home: Path, n: int, seed: int = 0) -> float:
         tags = sorted({f"tag-{int(t)}" for t in rng.integers(0, 300, size=rng.integers(1, 4))})
         desc = " ".join(rng.choice(WORDS, size=6))
         batch.append(
-            _Pending(
+            PendingEntry(
                 embedding=emb,
                 name=f"concept-{i:06d}",
                 token=f"<concept-{i:06d}>",

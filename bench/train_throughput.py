@@ -49,8 +49,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from conceptlib.models import BaseModel, load_base, quiet_libraries  # noqa: E402
 from conceptlib.schemas.enums import Family  # noqa: E402
-from conceptlib.trainer.base import BaseModel, load_base, quiet_libraries  # noqa: E402
 from conceptlib.trainer.loop import TextualInversion  # noqa: E402
 from conceptlib.trainer.templates import OBJECT_TEMPLATES  # noqa: E402
 
@@ -64,7 +64,7 @@ def synthetic_tokenizer(size: int = 49408) -> Any:
     """A CLIP tokenizer with ``size`` entries: the tiny vocabulary padded with filler."""
     from transformers import CLIPTokenizer
 
-    from conceptlib.trainer.tiny import build_vocab
+    from conceptlib.models.tiny import build_vocab
 
     vocab, merges = build_vocab()
     tokens = [t for t, _ in sorted(vocab.items(), key=lambda kv: kv[1])][:-2]

@@ -22,14 +22,14 @@ def tiny_cache_dir() -> Path:
 
 
 def tiny_folder(name: str) -> Path:
-    from conceptlib.trainer.tiny import ensure_tiny
+    from conceptlib.models.tiny import ensure_tiny
 
     return ensure_tiny(name, tiny_cache_dir())
 
 
 def fresh_base(name: str) -> Any:
     """A freshly loaded tiny base model (its own pipeline object)."""
-    from conceptlib.trainer.base import load_base
+    from conceptlib.models.base import load_base
 
     tiny_folder(name)
     return load_base(name, cache_dir=tiny_cache_dir())
@@ -37,7 +37,7 @@ def fresh_base(name: str) -> Any:
 
 def link_tiny_into_home(home: Path) -> None:
     """Make ``--base tiny-sd1`` in CLI tests find the session's already built models."""
-    from conceptlib.trainer.tiny import tiny_path
+    from conceptlib.models.tiny import tiny_path
 
     for name in ("tiny-sd1", "tiny-sdxl"):
         src = tiny_folder(name)
@@ -52,7 +52,7 @@ def clip_text_host(width: int = 768, *, seed: int = 0) -> SimpleNamespace:
     import torch
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-    # The tiny models' byte-level BPE vocabulary (built in code by conceptlib.trainer.tiny).
+    # The tiny models' byte-level BPE vocabulary (built in code by conceptlib.models.tiny).
     tok = CLIPTokenizer.from_pretrained(tiny_folder("tiny-sd1") / "tokenizer")
     vocab = tok.get_vocab()
     torch.manual_seed(seed)

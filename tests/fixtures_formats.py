@@ -25,9 +25,9 @@ from typing import Any
 
 import numpy as np
 
-from conceptlib.registry.png_embed import TEXT_KEY, insert_chunks, plain_png, text_chunk
-from conceptlib.registry.png_embed import write_png_embedding as _write_png
-from conceptlib.registry.safetensors_io import write_safetensors
+from conceptlib.registry.formats.png_embed import TEXT_KEY, insert_chunks, plain_png, text_chunk
+from conceptlib.registry.formats.png_embed import write_png_embedding as _write_png
+from conceptlib.registry.formats.safetensors_io import write_safetensors
 
 WIDTHS = {"clip_l": 768, "clip_h": 1024, "clip_g": 1280}
 

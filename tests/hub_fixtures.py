@@ -112,7 +112,7 @@ def other_library_fixture(tmp_path, backend):
 
 
 def safetensors_bytes(tensors: dict, metadata: dict | None = None) -> bytes:
-    from conceptlib.registry.safetensors_io import write_safetensors
+    from conceptlib.registry.formats.safetensors_io import write_safetensors
 
     return write_safetensors(tensors, metadata)
 

@@ -69,7 +69,7 @@ def no_model_loading(monkeypatch):
 
     import diffusers
 
-    import conceptlib.trainer.base as base
+    import conceptlib.models.base as base
 
     monkeypatch.setattr(base, "load_base", refuse)
     for cls in (diffusers.StableDiffusionPipeline, diffusers.StableDiffusionXLPipeline):
@@ -165,7 +165,7 @@ def test_sd1_on_sdxl_warns_strict_fails_before_loading(catalog, sdxl, tmp_path, 
     assert Image.open(result.images[0]).size == (32, 32)
     assert_restored(sdxl.pipeline, before)
 
-    import conceptlib.trainer.base as base
+    import conceptlib.models.base as base
 
     monkeypatch.setattr(base, "load_base", lambda *a, **k: pytest.fail("model loaded"))
     with pytest.raises(PartialCompatibility) as err:
@@ -232,7 +232,7 @@ def test_dry_run_cli_imports_no_torch(catalog, tmp_path):
 
 def test_budget_is_checked_early_and_exactly(catalog, sd1, tmp_path, monkeypatch):
     long_text = "a " * 70
-    import conceptlib.trainer.base as base
+    import conceptlib.models.base as base
 
     with monkeypatch.context() as m:
         m.setattr(base, "load_base", lambda *a, **k: pytest.fail("model loaded"))

@@ -46,7 +46,6 @@ from conceptlib.errors import (
     UnsupportedContent,
     UsageError,
 )
-from conceptlib.registry.embedding import Embedding
 from conceptlib.registry.formats import (
     READ_FORMATS,
     WRITE_FORMATS,
@@ -57,7 +56,8 @@ from conceptlib.registry.formats import (
     read_embedding_file,
     write_embedding,
 )
-from conceptlib.registry.safetensors_io import write_safetensors
+from conceptlib.registry.formats.embedding import Embedding
+from conceptlib.registry.formats.safetensors_io import write_safetensors
 
 torch = pytest.importorskip("torch")
 
@@ -709,7 +709,7 @@ def test_importing_the_readers_does_not_import_torch() -> None:
     import sys
 
     code = (
-        "import sys, conceptlib.registry.formats, conceptlib.registry.png_embed; "
+        "import sys, conceptlib.registry.formats, conceptlib.registry.formats.png_embed; "
         "print(sorted(m for m in ('torch', 'PIL', 'safetensors') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

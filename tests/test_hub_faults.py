@@ -21,6 +21,7 @@ from conceptlib.errors import (
     HubUnsafePath,
 )
 from conceptlib.registry import hub as hubmod
+from conceptlib.registry.hub import session as hub_session
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -169,13 +170,13 @@ def test_private_repo_of_someone_else(hub, lib, unchanged, emb_factory):
 
 def test_listed_size_differs_from_bytes(hub, lib, seeded, unchanged, monkeypatch):
     # The listing says one size, HEAD/GET serve another: refused on the listing's word.
-    real_state = hubmod._Session.state
+    real_state = hub_session._Session.state
 
     def lying_state(self, repo_id, revision="main"):
         st = real_state(self, repo_id, revision)
         st.files["learned_embeds.safetensors"].size += 4
         return st
 
-    monkeypatch.setattr(hubmod._Session, "state", lying_state)
+    monkeypatch.setattr(hub_session._Session, "state", lying_state)
     with pytest.raises(HubIntegrityError, match="listed"):
         hubmod.pull(lib, REPO)

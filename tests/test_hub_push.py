@@ -9,6 +9,8 @@ from hub_fixtures import READ_TOKEN, hub_fixture, hub_server_fixture  # noqa: F4
 
 from conceptlib.errors import HubAuthError, HubConflict
 from conceptlib.registry import hub as hubmod
+from conceptlib.registry.hub import session as hub_session
+from conceptlib.registry.hub import settings as hub_settings
 from conceptlib.schemas.records import Preview, TrainingRunRecord
 
 pytestmark = pytest.mark.timeout(60)
@@ -46,7 +48,7 @@ def test_push_creates_repo_with_the_documented_layout(hub, lib, emb_factory):
     assert files["token_identifier.txt"] == b"<cat-toy>"
     assert files["type_of_concept.txt"] == b"object"
     # diffusers' load_textual_inversion layout: {token: [n, d]}
-    from conceptlib.registry.safetensors_io import read_safetensors
+    from conceptlib.registry.formats.safetensors_io import read_safetensors
 
     tensors, _ = read_safetensors(files["learned_embeds.safetensors"])
     assert list(tensors) == ["<cat-toy>"] and tensors["<cat-toy>"].shape == (2, 768)
@@ -72,7 +74,7 @@ def test_card_metadata(hub, lib, emb_factory):
         license="CreativeML Open RAIL-M",
     )
     hubmod.push(lib, "neg-thing", repo_id="alice/neg-thing")
-    from conceptlib.registry.modelcard import split_front_matter
+    from conceptlib.registry.hub.card import split_front_matter
 
     card = hub.files("alice/neg-thing")["README.md"].decode()
     meta, body = split_front_matter(card)
@@ -90,7 +92,7 @@ def test_card_metadata(hub, lib, emb_factory):
 def test_sdxl_push_writes_clip_l_and_clip_g(hub, lib, emb_factory):
     _add(lib, emb_factory, name="neon-xl", family="sdxl", n=2, seed=3)
     hubmod.push(lib, "neon-xl", repo_id="alice/neon-xl")
-    from conceptlib.registry.safetensors_io import read_safetensors
+    from conceptlib.registry.formats.safetensors_io import read_safetensors
 
     files = hub.files("alice/neon-xl")
     tensors, _ = read_safetensors(files["learned_embeds.safetensors"])
@@ -135,7 +137,7 @@ def test_private_push(hub, lib, emb_factory, monkeypatch):
     hubmod.push(lib, "cat-toy", repo_id="alice/secret", private=True)
     assert hub.repos["alice/secret"].private
     monkeypatch.setenv("HF_TOKEN", "")
-    monkeypatch.setattr(hubmod, "resolve_token", lambda: None)
+    monkeypatch.setattr(hub_settings, "resolve_token", lambda: None)
     from conceptlib.errors import HubNotFound
 
     with pytest.raises(HubNotFound, match="private"):
@@ -164,14 +166,14 @@ def test_branch_moving_during_the_push_is_refused_by_parent_commit(
     _add(lib, emb_factory)
     hubmod.push(lib, "cat-toy", repo_id="alice/cat-toy")
     lib.tag("cat-toy", add=["changed"])
-    real_state = hubmod._Session.state
+    real_state = hub_session._Session.state
 
     def state_then_race(self, repo_id, revision="main"):
         st = real_state(self, repo_id, revision)
         hub.commit(repo_id, {"other.txt": b"x"}, author="bob")  # lands after our read
         return st
 
-    monkeypatch.setattr(hubmod._Session, "state", state_then_race)
+    monkeypatch.setattr(hub_session._Session, "state", state_then_race)
     with pytest.raises(HubConflict, match="moved while pushing"):
         hubmod.push(lib, "cat-toy", repo_id="alice/cat-toy")
     assert "other.txt" in hub.files("alice/cat-toy")
@@ -195,7 +197,7 @@ def test_bad_token_and_no_token(hub, lib, emb_factory, monkeypatch):
         hubmod.push(lib, "cat-toy", repo_id="alice/cat-toy")
     assert "hf_notAValidToken" not in str(ei.value)
     monkeypatch.delenv("HF_TOKEN")
-    monkeypatch.setattr(hubmod, "resolve_token", lambda: None)
+    monkeypatch.setattr(hub_settings, "resolve_token", lambda: None)
     with pytest.raises(HubAuthError, match="no Hub token"):
         hubmod.push(lib, "cat-toy", repo_id="alice/cat-toy")
 
@@ -232,7 +234,7 @@ def test_diffusers_load_textual_inversion_reads_a_pushed_repo(
     import numpy as np
     from huggingface_hub import snapshot_download
 
-    from conceptlib.trainer.tiny import load_tiny
+    from conceptlib.models.tiny import load_tiny
 
     emb = emb_factory("sd1", 2, 21)
     lib.add_embedding(emb, name="cat-toy", token="<cat-toy>", kind="object")

@@ -10,9 +10,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from conceptlib.registry import hub as hubmod
 from conceptlib.registry.hub import RemoteFile, detect_layout, redact, unsafe_reason
-from conceptlib.registry.modelcard import parse_card, render_card, split_front_matter
+from conceptlib.registry.hub import repos as hub_repos
+from conceptlib.registry.hub import settings as hub_settings
+from conceptlib.registry.hub.card import parse_card, render_card, split_front_matter
 from conceptlib.schemas import manifest as mf
 
 pytestmark = pytest.mark.timeout(60)
@@ -190,27 +191,27 @@ def test_layout_detection():
 
 
 def test_redaction():
-    hubmod._remember_secret("s3cret-value")
+    hub_settings._remember_secret("s3cret-value")
     assert redact("token s3cret-value and hf_abcdefghijklmnopqrstuv") == "token *** and hf_***"
     assert redact("other", token="other") == "***"
 
 
 def test_spec_parsing():
-    assert hubmod._parse_spec("sd-concepts-library/cat-toy") == (
+    assert hub_repos._parse_spec("sd-concepts-library/cat-toy") == (
         "sd-concepts-library/cat-toy",
         "main",
     )
-    assert hubmod._parse_spec("https://huggingface.co/a/b@v1.0") == ("a/b", "v1.0")
+    assert hub_repos._parse_spec("https://huggingface.co/a/b@v1.0") == ("a/b", "v1.0")
     from conceptlib.errors import UsageError
 
     for bad in ("cat-toy", "a/b/c", "a--b/c", "../x"):
         with pytest.raises(UsageError):
-            hubmod._parse_spec(bad)
+            hub_repos._parse_spec(bad)
 
 
 def test_importing_the_hub_modules_stays_light():
     code = (
-        "import sys, conceptlib.registry.hub, conceptlib.cli.hub, conceptlib.registry.modelcard;"
+        "import sys, conceptlib.registry.hub, conceptlib.cli.hub, conceptlib.registry.hub.card;"
         "heavy = [m for m in ('torch', 'huggingface_hub', 'diffusers', 'transformers') "
         "if m in sys.modules]; print(heavy); sys.exit(1 if heavy else 0)"
     )

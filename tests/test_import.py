@@ -15,7 +15,7 @@ import torch
 from click.testing import CliRunner
 
 from conceptlib.cli.main import cli
-from conceptlib.registry.safetensors_io import write_safetensors
+from conceptlib.registry.formats.safetensors_io import write_safetensors
 
 
 def st_raw(header: dict, body: bytes) -> bytes:

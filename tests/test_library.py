@@ -21,7 +21,7 @@ from conceptlib.errors import (
     NameCollision,
     NotFound,
 )
-from conceptlib.registry.embedding import Embedding
+from conceptlib.registry.formats.embedding import Embedding
 from conceptlib.registry.library import Library
 from conceptlib.schemas.records import Preview, TrainingRunRecord
 

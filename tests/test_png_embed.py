@@ -22,10 +22,9 @@ from conceptlib.errors import (
     FileTooLarge,
     UnsupportedContent,
 )
-from conceptlib.registry import png_embed
-from conceptlib.registry.embedding import Embedding
-from conceptlib.registry.formats import read_embedding_bytes
-from conceptlib.registry.png_embed import (
+from conceptlib.registry.formats import png_embed, read_embedding_bytes
+from conceptlib.registry.formats.embedding import Embedding
+from conceptlib.registry.formats.png_embed import (
     TEXT_KEY,
     insert_chunks,
     iter_png_chunks,

@@ -361,7 +361,7 @@ def test_importing_the_benign_set_accepts_every_file(
         assert len(report.outcomes) == len(files) == lib.count()
         by_sha = {}
         for b in files:
-            from conceptlib.registry.embedding import Embedding
+            from conceptlib.registry.formats.embedding import Embedding
 
             emb = Embedding.from_slots({k: v.reshape(-1, v.shape[-1]) for k, v in b.slots.items()})
             by_sha[emb.tensor_sha256] = b

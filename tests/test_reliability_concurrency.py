@@ -51,8 +51,8 @@ def _vectors(seed: int) -> np.ndarray:
 
 
 def _write_layout(folder: Path, name: str, layout: str, vectors: np.ndarray) -> Path:
-    from conceptlib.registry.png_embed import write_png_embedding
-    from conceptlib.registry.safetensors_io import write_safetensors
+    from conceptlib.registry.formats.png_embed import write_png_embedding
+    from conceptlib.registry.formats.safetensors_io import write_safetensors
 
     folder.mkdir(parents=True, exist_ok=True)
     if layout == "emb_params":
@@ -72,7 +72,7 @@ def build_plan(root: Path) -> tuple[list[list[str]], dict[str, Any]]:
     rng = random.Random(20240611)
     items: list[str] = []
     unique_sha: dict[str, str] = {}
-    from conceptlib.registry.embedding import Embedding
+    from conceptlib.registry.formats.embedding import Embedding
 
     layouts = ["emb_params", "diffusers", "png"]
     for i in range(UNIQUE):
@@ -251,7 +251,7 @@ def test_import_racing_an_identical_import_reports_present(tmp_path: Path) -> No
     same embedding: "present" is right; today it is rejected as a name collision
     ("the name 'c0001' is already used by 'c0001'"), seen once in ~1,600 racing imports.
     """
-    from conceptlib.registry.embedding import Embedding
+    from conceptlib.registry.formats.embedding import Embedding
     from conceptlib.registry.library import Library
 
     vec = _vectors(1)

@@ -33,8 +33,8 @@ from reliability_support import report_figures
 
 from conceptlib.errors import ConceptlibError, DiskFull, StoreError
 from conceptlib.registry import store as store_module
+from conceptlib.registry.formats.safetensors_io import write_safetensors
 from conceptlib.registry.library import Library
-from conceptlib.registry.safetensors_io import write_safetensors
 from conceptlib.schemas.records import Preview
 
 pytestmark = pytest.mark.timeout(60)  # each test; longer ones say so
@@ -217,12 +217,12 @@ ADD_OPS = ("add", "add-with-preview", "import-one", "import-batch")
 def run_add(lib: Library, op: str, tmp: Path, seed: int) -> Any:
     """One write operation; returns what it returned (raises what it raised)."""
     if op == "add":
-        from conceptlib.registry.embedding import Embedding
+        from conceptlib.registry.formats.embedding import Embedding
 
         return lib.add_embedding(Embedding.from_slots({"clip_l": _vec(seed)}), name=f"a{seed}")
     if op == "add-with-preview":
-        from conceptlib.registry.embedding import Embedding
-        from conceptlib.registry.png_embed import plain_png
+        from conceptlib.registry.formats.embedding import Embedding
+        from conceptlib.registry.formats.png_embed import plain_png
 
         return lib.add_embedding(
             Embedding.from_slots({"clip_l": _vec(seed)}),

@@ -51,9 +51,9 @@ from reliability_support import report_figures
 
 from conceptlib.errors import ConceptlibError
 from conceptlib.registry.formats import read_embedding_bytes
-from conceptlib.registry.png_embed import PNG_SIGNATURE, read_png_embedding
-from conceptlib.registry.safe_pickle import safe_torch_load, scan_pickle
-from conceptlib.registry.safetensors_io import read_safetensors
+from conceptlib.registry.formats.png_embed import PNG_SIGNATURE, read_png_embedding
+from conceptlib.registry.formats.safe_pickle import safe_torch_load, scan_pickle
+from conceptlib.registry.formats.safetensors_io import read_safetensors
 
 torch = pytest.importorskip("torch")
 

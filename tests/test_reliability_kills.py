@@ -77,7 +77,7 @@ class Journal:
 
 
 def _preview(i: int) -> bytes:
-    from conceptlib.registry.png_embed import plain_png
+    from conceptlib.registry.formats.png_embed import plain_png
 
     return plain_png(8, 8, (40 * i % 256, 90, 200))
 
@@ -291,8 +291,8 @@ def _warm_up() -> None:
 
     import numpy as np
 
+    from conceptlib.registry.formats.safetensors_io import write_safetensors
     from conceptlib.registry.library import Library
-    from conceptlib.registry.safetensors_io import write_safetensors
     from conceptlib.schemas.records import Preview
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -303,7 +303,7 @@ def _warm_up() -> None:
             lib.tag("warm-up", add=["t"])
             lib.tag("warm-up", remove=["t"])
             lib.remove("warm-up")
-            from conceptlib.registry.embedding import Embedding
+            from conceptlib.registry.formats.embedding import Embedding
 
             lib.add_embedding(
                 Embedding.from_slots({"clip_l": np.full((1, 768), 0.02, np.float32)}),
@@ -322,9 +322,9 @@ def zygote_main() -> None:
     import torch  # noqa: F401
     import transformers  # noqa: F401
 
+    import conceptlib.models.base  # noqa: F401
     import conceptlib.registry.formats  # noqa: F401
     import conceptlib.registry.library  # noqa: F401
-    import conceptlib.trainer.base  # noqa: F401
     import conceptlib.trainer.checkpoint  # noqa: F401
     import conceptlib.trainer.loop  # noqa: F401
     import conceptlib.trainer.train  # noqa: F401
@@ -584,8 +584,8 @@ def _make_pool(folder: Path) -> list[list[str]]:
     """Distinct sd1 embeddings: 2/3 safetensors, 1/3 A1111 .pt, some with a preview."""
     from fixtures_formats import make_a1111_pt, rand_vectors
 
-    from conceptlib.registry.embedding import Embedding
-    from conceptlib.registry.safetensors_io import write_safetensors
+    from conceptlib.registry.formats.embedding import Embedding
+    from conceptlib.registry.formats.safetensors_io import write_safetensors
 
     folder.mkdir(parents=True, exist_ok=True)
     pool = []

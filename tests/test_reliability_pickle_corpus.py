@@ -453,7 +453,7 @@ def test_corpus_is_large_and_covers_the_issue() -> None:
 def _undetected_pickle(p: Payload) -> bool:
     """A headerless (protocol 0/1) pickle whose first opcode the content sniffer does not
     take for a pickle: refused as an unknown format, unparsed (see the xfail below)."""
-    from conceptlib.registry.safe_pickle import is_pickle, is_zip
+    from conceptlib.registry.formats.safe_pickle import is_pickle, is_zip
 
     data = p.file.read_bytes()
     return not (is_zip(data) or is_pickle(data))

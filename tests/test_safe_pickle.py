@@ -40,9 +40,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conceptlib.errors import CorruptFile, FileTooLarge, UnsafeFile, UnsupportedContent
-from conceptlib.registry import safe_pickle
-from conceptlib.registry.formats import read_embedding_bytes, read_embedding_file
-from conceptlib.registry.safe_pickle import (
+from conceptlib.registry.formats import read_embedding_bytes, read_embedding_file, safe_pickle
+from conceptlib.registry.formats.safe_pickle import (
     ALLOWED_GLOBALS,
     MAX_DECLARED_STORAGE_BYTES,
     ParameterDictContents,

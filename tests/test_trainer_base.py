@@ -14,13 +14,11 @@ from compose_support import tiny_folder
 from ldm_layout import save_single_file
 
 from conceptlib.errors import BaseModelError, FamilyMismatch
+from conceptlib.models.base import load_base
+from conceptlib.models.family import family_from_widths
+from conceptlib.models.fingerprint import fingerprint_path
+from conceptlib.models.single_file import single_file_family
 from conceptlib.schemas.enums import Family
-from conceptlib.trainer.base import (
-    family_from_widths,
-    fingerprint_path,
-    load_base,
-    single_file_family,
-)
 
 
 def _safetensors(path, keys, *, pad_to: int = 0):
@@ -88,7 +86,7 @@ def test_fingerprint_is_the_documented_cheap_recipe(tmp_path):
 def test_fingerprint_sees_every_tensor_but_reads_little(tmp_path, monkeypatch):
     """A 3 GiB file of 300 tensors (sparse: costs nothing to make). Changing any one
     tensor changes the fingerprint; about 8 KiB per tensor are read, not gigabytes."""
-    from conceptlib.trainer import base as base_mod
+    from conceptlib.models import fingerprint as fingerprint_mod
 
     count, each = 300, 10 * 1024**2
     header = {f"t{i:03d}": {"dtype": "U8", "shape": [each], "data_offsets": [i * each, (i + 1) * each]}
@@ -121,7 +119,7 @@ def test_fingerprint_sees_every_tensor_but_reads_little(tmp_path, monkeypatch):
         def __exit__(self, *exc):
             self.fh.close()
 
-    monkeypatch.setattr(base_mod, "open", lambda *a, **k: Counting(real_open(*a, **k)),
+    monkeypatch.setattr(fingerprint_mod, "open", lambda *a, **k: Counting(real_open(*a, **k)),
                         raising=False)  # fmt: skip
     first = fingerprint_path(big)
     assert read["bytes"] <= 8 + len(raw) + count * 8192  # 2.4 MiB of a 3 GiB file

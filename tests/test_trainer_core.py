@@ -9,12 +9,13 @@ import pytest
 import torch
 from compose_support import fresh_base, tiny_cache_dir, tiny_folder
 
+from conceptlib.models.base import load_base
+from conceptlib.models.fingerprint import tiny_fingerprint
+from conceptlib.models.tiny import TINY_RESOLUTION, build_vocab, ensure_tiny, tiny_path
 from conceptlib.schemas.enums import Family
-from conceptlib.trainer.base import load_base, tiny_fingerprint
 from conceptlib.trainer.images import to_pixels
 from conceptlib.trainer.loop import TextualInversion, placeholder_tokens, pooled_index
 from conceptlib.trainer.samples import sample_images
-from conceptlib.trainer.tiny import TINY_RESOLUTION, build_vocab, ensure_tiny, tiny_path
 
 PIXELS = to_pixels(sample_images(3, size=64), TINY_RESOLUTION)
 

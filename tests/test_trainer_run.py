@@ -134,7 +134,7 @@ def test_interrupted_and_resumed_equals_uninterrupted(images, fast, tmp_path):
 def test_half_precision_path_runs_on_the_cpu(model, precision, images, fast, tmp_path, capfd):
     """The CUDA dtype path on a CPU: frozen models in bf16/fp16, fp32 vectors, and for
     fp16 the grad scaler, whose state a checkpoint keeps so a resumed run is exact."""
-    from conceptlib.trainer.base import load_base
+    from conceptlib.models.base import load_base
 
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     bm = load_base(model, dtype=dtype, cache_dir=fast["cache_dir"])
@@ -206,7 +206,8 @@ def test_cli_train_json_and_help(images, _isolated_home):
 
 def test_cli_trains_on_a_single_file_checkpoint(images, _isolated_home, tmp_path, catalog_snapshot):
     from conceptlib.cli.main import cli
-    from conceptlib.trainer.base import fingerprint_path, load_base
+    from conceptlib.models.base import load_base
+    from conceptlib.models.fingerprint import fingerprint_path
 
     ckpt = tmp_path / "my-finetune.safetensors"
     save_single_file(load_base(tiny_folder("tiny-sd1")).pipeline, ckpt)

@@ -26,7 +26,7 @@ from conceptlib.errors import BlendError, FamilyMismatch
 from conceptlib.schemas.enums import Kind, Source
 
 if TYPE_CHECKING:
-    from conceptlib.registry.embedding import Embedding
+    from conceptlib.registry.formats.embedding import Embedding
     from conceptlib.registry.library import Library
     from conceptlib.schemas.records import EmbeddingInfo
 
@@ -183,7 +183,7 @@ def blend(
     embs = [library.load(i) for i in infos]
     vectors, target, changed = blend_vectors(embs, weights, resample=resample, rows=rows)
 
-    from conceptlib.registry.embedding import Embedding
+    from conceptlib.registry.formats.embedding import Embedding
 
     result_emb = Embedding.from_slots(vectors)
     row_mode = "resampled" if changed else "matched"

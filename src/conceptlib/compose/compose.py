@@ -38,9 +38,9 @@ from conceptlib.errors import BaseModelError, ConceptlibError, UsageError
 from conceptlib.schemas.enums import FAMILY_SLOTS, SLOT_WIDTH, WIDTH_SLOT, Family
 
 if TYPE_CHECKING:
+    from conceptlib.models.base import BaseModel
     from conceptlib.registry.library import Library
     from conceptlib.schemas.records import EmbeddingInfo
-    from conceptlib.trainer.base import BaseModel
 
 #: Images generated per pipeline call (each with its own seeded generator).
 BATCH = 4
@@ -165,7 +165,7 @@ def peek_family(ref: str | os.PathLike[str] | BaseModel | None) -> Family | None
     fam = getattr(ref, "family", None)
     if fam is not None:
         return Family(fam)
-    from conceptlib.trainer.tiny import TINY_MODELS
+    from conceptlib.models.tiny import TINY_MODELS
 
     text = str(ref)
     if text in TINY_MODELS:
@@ -175,7 +175,7 @@ def peek_family(ref: str | os.PathLike[str] | BaseModel | None) -> Family | None
         if path.is_dir():
             return _folder_family(lambda sub: path / sub)
         if path.is_file() and path.suffix.lower() == ".safetensors":
-            from conceptlib.trainer.base import single_file_family
+            from conceptlib.models.single_file import single_file_family
 
             return single_file_family(path)
     except (ConceptlibError, OSError, ValueError):
@@ -365,7 +365,7 @@ def compose(
     Args:
         prompt: text with ``<name>`` / ``<name:0.8>`` references.
         negative: the negative prompt (same syntax).
-        base: a base-model reference for :func:`conceptlib.trainer.base.load_base`
+        base: a base-model reference for :func:`conceptlib.models.base.load_base`
             (``tiny-sd1``, a diffusers folder, a ``.safetensors`` file, a cached repo id)
             or an already loaded ``BaseModel``. May be ``None`` only with ``dry_run``.
         library: the catalog the names resolve in.
@@ -546,7 +546,7 @@ def _set_expanded(
 def _load_base(base: Any, device: str | None) -> BaseModel:
     if hasattr(base, "pipeline") and hasattr(base, "family"):
         return base
-    from conceptlib.trainer.base import load_base
+    from conceptlib.models.base import load_base
 
     try:
         return load_base(str(base), device=device)
@@ -618,7 +618,7 @@ def _generate(
     result.seeds, result.width, result.height = seeds, w, h
     result.sampler = SAMPLER_NAMES.get(type(pipe.scheduler).__name__, type(pipe.scheduler).__name__)
 
-    from conceptlib.trainer.base import quiet_libraries
+    from conceptlib.models.libraries import quiet_libraries
 
     with quiet_libraries(), warnings.catch_warnings():
         warnings.simplefilter("ignore")

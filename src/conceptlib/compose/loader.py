@@ -51,7 +51,7 @@ from conceptlib.errors import IncompatibleEmbedding, LoaderError, PartialCompati
 from conceptlib.schemas.enums import FAMILY_SLOTS, WIDTH_SLOT, Family, compatibility
 
 if TYPE_CHECKING:
-    from conceptlib.registry.embedding import Embedding
+    from conceptlib.registry.formats.embedding import Embedding
 
 #: (tokenizer attribute, text encoder attribute) pairs of diffusers pipelines.
 ENCODER_ATTRS = (("tokenizer", "text_encoder"), ("tokenizer_2", "text_encoder_2"))

@@ -13,13 +13,11 @@ then the rows are committed in one transaction. Nothing here prints, prompts or 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +33,10 @@ from conceptlib.errors import (
     StoreError,
     UsageError,
 )
-from conceptlib.registry.embedding import Embedding, sha256_hex
+from conceptlib.registry import upkeep
+from conceptlib.registry.folders import collect_files, read_sidecars
+from conceptlib.registry.formats.embedding import Embedding, sha256_hex
+from conceptlib.registry.pending import PendingEntry, prepare_file, validate_tag
 from conceptlib.registry.store import BlobStore, atomic_write
 from conceptlib.schemas.enums import Kind, Source
 from conceptlib.schemas.names import (
@@ -59,55 +60,7 @@ from conceptlib.schemas.vocabulary import is_common_word
 
 ProgressCallback = Callable[[int, int, str], None]
 
-#: Files beside embeddings that are metadata, not embeddings.
-SIDECAR_SUFFIXES = (".preview.png", ".civitai.info", ".json", ".txt", ".md", ".yaml", ".yml")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
-MAX_TAG_LENGTH = 64
 IMPORT_BATCH = 256
-
-
-@dataclass
-class _Pending:
-    """An embedding ready to be committed (its blobs already in the store)."""
-
-    embedding: Embedding
-    name: str
-    token: str
-    kind: str
-    source: str
-    source_ref: str | None
-    file_sha256: str
-    tensor_sha256: str
-    base_model: str | None = None
-    base_model_fingerprint: str | None = None
-    initializer: str | None = None
-    training_images_hash: str | None = None
-    training_image_count: int | None = None
-    tags: list[str] = field(default_factory=list)
-    description: str | None = None
-    license: str | None = None
-    previews: list[tuple[str, str, str, int]] = field(
-        default_factory=list
-    )  # filename, role, sha, size
-    training_runs: list[TrainingRunRecord] = field(default_factory=list)
-    parents: list[dict[str, Any]] = field(default_factory=list)
-    extra: dict[str, Any] = field(default_factory=dict)
-    version: int = 1
-    path: str | None = None
-    #: The canonical serialization (its SHA-256 is ``tensor_sha256``).
-    canonical: bytes = b""
-    #: (filename, role, bytes) of previews not yet in the store; see ``_store_pending``.
-    new_previews: list[tuple[str, str, bytes]] = field(default_factory=list)
-
-
-def validate_tag(tag: str) -> str:
-    t = normalize_tag(tag)
-    if not t:
-        raise InvalidName("invalid tag: it is empty")
-    if len(t) > MAX_TAG_LENGTH:
-        raise InvalidName(f"invalid tag {t[:20]!r}...: {len(t)} characters; expected at most 64")
-    validate_name(t, what="tag")
-    return t
 
 
 class Library:
@@ -267,7 +220,7 @@ class Library:
 
     def load(self, handle: str | EmbeddingInfo) -> Embedding:
         """Read an embedding's vectors; the blob is verified against its hash first."""
-        from conceptlib.registry.safetensors_io import read_safetensors
+        from conceptlib.registry.formats.safetensors_io import read_safetensors
 
         info = handle if isinstance(handle, EmbeddingInfo) else self.get(handle)
         data = self._blob(info.tensor_sha256)
@@ -332,7 +285,7 @@ class Library:
                     f"change what {handle!r} means in every prompt",
                     hint=f"choose a distinctive name, e.g. {handle}-style or <{handle}>",
                 )
-        pending = _Pending(
+        pending = PendingEntry(
             embedding=emb,
             name=validate_name(name),
             token=validate_token(token) if token else validate_name(name),
@@ -402,7 +355,7 @@ class Library:
     def _check_names(
         self,
         r: Reader,
-        p: _Pending,
+        p: PendingEntry,
         batch: dict[str, str],
         *,
         exclude: str | None = None,
@@ -476,7 +429,7 @@ class Library:
                                 hint="choose another name with --name",
                             )
 
-    def _commit(self, batch: Sequence[_Pending]) -> None:
+    def _commit(self, batch: Sequence[PendingEntry]) -> None:
         """Insert a batch of prepared entries in one write transaction (Core inserts)."""
         from sqlalchemy import insert
         from sqlalchemy.exc import IntegrityError
@@ -594,7 +547,7 @@ class Library:
         except IntegrityError as exc:
             raise self._integrity_error(batch, exc) from None
 
-    def _integrity_error(self, batch: Sequence[_Pending], exc: Exception) -> ConceptlibError:
+    def _integrity_error(self, batch: Sequence[PendingEntry], exc: Exception) -> ConceptlibError:
         """A unique violation (lost race with another writer) as a typed error."""
         for p in batch:
             other = self.by_tensor_sha256(p.tensor_sha256)
@@ -635,7 +588,7 @@ class Library:
         user_tags = [validate_tag(t) for t in tags]
         kind_value = Kind(kind).value if kind else None
         report = ImportReport()
-        batch: list[tuple[_Pending, ImportOutcome]] = []
+        batch: list[tuple[PendingEntry, ImportOutcome]] = []
         batch_keys: dict[str, str] = {}
         seen_tensors: dict[str, str] = {}
         total = len(files)
@@ -643,7 +596,7 @@ class Library:
         for i, f in enumerate(files):
             outcome = ImportOutcome(path=str(f), status="rejected")
             try:
-                pending = self._prepare_file(f, name, kind_value, user_tags, base_model)
+                pending = prepare_file(f, name, kind_value, user_tags, base_model)
                 outcome.tensor_sha256 = pending.tensor_sha256
                 if pending.tensor_sha256 in seen_tensors:
                     outcome.status, outcome.existing = (
@@ -706,7 +659,7 @@ class Library:
         self._flush(batch, mark)
         return report
 
-    def _flush(self, batch: list[tuple[_Pending, ImportOutcome]], mark: int) -> None:
+    def _flush(self, batch: list[tuple[PendingEntry, ImportOutcome]], mark: int) -> None:
         """Commit a batch; on a lost race commit one by one. Blobs written for entries that
         end up not committed (and that nobody else uses) are removed again."""
         if not batch:
@@ -735,12 +688,12 @@ class Library:
 
     def _discard_unused(self, mark: int) -> None:
         try:
-            referenced = self._referenced_blobs()
+            referenced = upkeep.referenced_blobs(self)
         except Exception:  # the catalog itself is failing: leave the blobs to gc
             return
         self.store.discard_created(mark, referenced)
 
-    def _store_pending(self, p: _Pending, *, durable: bool = False) -> None:
+    def _store_pending(self, p: PendingEntry, *, durable: bool = False) -> None:
         """Write an entry's blobs. Bulk imports pass ``durable=False``: ``_commit`` then
         syncs the whole batch once before inserting the rows."""
         self.store.put(p.canonical, p.tensor_sha256, durable=durable)
@@ -748,88 +701,6 @@ class Library:
             sha = self.store.put(data, durable=durable)
             p.previews.append((filename, role, sha, len(data)))
         p.new_previews = []
-
-    def _prepare_file(
-        self,
-        path: Path,
-        name: str | None,
-        kind: str | None,
-        tags: list[str],
-        base_model: str | None,
-    ) -> _Pending:
-        from conceptlib.registry.formats import is_sdxl_companion, read_embedding_file
-
-        parsed = read_embedding_file(path)
-        if is_sdxl_companion(path):
-            # The pair was parsed from learned_embeds; the entry records the file named.
-            try:
-                file_sha256 = hashlib.sha256(path.read_bytes()).hexdigest()
-            except OSError as exc:
-                raise EmbeddingFileError(f"cannot read: {exc.strerror}", path=str(path)) from None
-        else:
-            file_sha256 = parsed.file_sha256 or ""
-        sidecar = read_sidecars(path)
-        stem = _stem(path)
-        if name:
-            final_name = validate_name(name)
-        elif stem.lower().startswith("learned_embeds") and parsed.token:
-            final_name = derive_name(strip_brackets(parsed.token))
-        elif stem.lower().startswith("learned_embeds"):
-            final_name = derive_name(path.parent.name or stem)
-        else:
-            final_name = derive_name(stem)
-        if is_common_word(final_name):
-            if name:
-                raise InvalidName(
-                    f"the name {final_name!r} is an ordinary word: as a trigger it would silently "
-                    f"change what {final_name!r} means in every prompt",
-                    hint=f"choose a distinctive name, e.g. {final_name}-style",
-                )
-            renamed_from, final_name = final_name, f"{final_name}-ti"
-        else:
-            renamed_from = None
-        token = parsed.token if parsed.token else final_name
-        try:
-            token = validate_token(token)
-        except InvalidName:
-            token = final_name
-        if (name and parsed.token is None) or is_common_word(token):
-            token = final_name
-        all_tags = sorted(set(tags) | {validate_tag(t) for t in sidecar.tags if _tag_ok(t)})
-        extra: dict[str, Any] = {"format": parsed.format, "container": parsed.container}
-        if parsed.metadata:
-            extra["file_metadata"] = _json_safe(parsed.metadata)
-        if parsed.name_hint and parsed.name_hint != final_name:
-            extra["name_in_file"] = parsed.name_hint
-        if renamed_from:
-            extra["renamed_from"] = renamed_from
-            extra["rename_reason"] = "ordinary word: as a trigger it would change its meaning"
-        if sidecar.trained_words:
-            extra["trained_words"] = sidecar.trained_words
-        if sidecar.notes:
-            extra["notes"] = sidecar.notes
-        new_previews: list[tuple[str, str, bytes]] = []
-        if sidecar.preview is not None:
-            fname, pdata = sidecar.preview
-            new_previews.append((fname, "preview", pdata))
-        canonical = parsed.embedding.canonical_bytes()
-        return _Pending(
-            embedding=parsed.embedding,
-            name=final_name,
-            token=token,
-            kind=kind or sidecar.kind or Kind.OTHER.value,
-            source=sidecar.source or Source.FILE.value,
-            source_ref=str(path.resolve()),
-            file_sha256=file_sha256,
-            tensor_sha256=sha256_hex(canonical),
-            base_model=base_model or sidecar.base_model,
-            description=sidecar.description,
-            tags=all_tags,
-            extra=extra,
-            path=str(path),
-            canonical=canonical,
-            new_previews=new_previews,
-        )
 
     # ------------------------------------------------------------------ changing
 
@@ -939,7 +810,7 @@ class Library:
             row = session.get(EmbeddingRow, info.id)
             dialect.delete_fts(session.connection(), self.catalog.dialect_name, info.id)
             session.delete(row)
-        referenced = self._referenced_blobs()
+        referenced = upkeep.referenced_blobs(self)
         gone = [
             s
             for s in [info.tensor_sha256] + [p.sha256 for p in info.previews]
@@ -948,22 +819,8 @@ class Library:
         for sha in gone:
             self.store.remove(sha)
         if self.shares_blobs and gone:
-            self._delete_db_blobs(gone)
+            upkeep.delete_unreferenced_db_blobs(self, gone)
         return info
-
-    def _delete_db_blobs(self, shas: Sequence[str]) -> None:
-        """Drop database blobs that no row names (re-checked inside the transaction)."""
-        from sqlalchemy import text
-
-        with self.catalog.connection() as conn:
-            for sha in shas:
-                conn.execute(
-                    text(
-                        "DELETE FROM blob WHERE sha256 = :s AND sha256 NOT IN "
-                        "(SELECT tensor_sha256 FROM embedding UNION SELECT sha256 FROM preview)"
-                    ),
-                    {"s": sha},
-                )
 
     def record_sync(self, name: str, sync: SyncInfo) -> None:
         """Record Hub sync state (a push or pull of ``name``)."""
@@ -1048,96 +905,16 @@ class Library:
 
     # ------------------------------------------------------------------ maintenance
 
-    def _referenced_blobs(self) -> set[str]:
-        with self.reader() as r:
-            rows = r._exec("SELECT tensor_sha256 FROM embedding UNION SELECT sha256 FROM preview")
-        return {x[0] for x in rows}
-
     def verify(self, *, on_progress: ProgressCallback | None = None) -> VerifyReport:
-        """Check every blob against its hash, and the database's integrity."""
-        from conceptlib.catalog import dialect
-
-        report = VerifyReport()
-        try:
-            with self.catalog.read() as conn:
-                report.problems += dialect.integrity_problems(conn, self.catalog.dialect_name)
-        except ConceptlibError as exc:
-            report.problems.append(exc.message)
-        if report.problems:
-            report.integrity = "failed"
-        with self.reader() as r:
-            rows = r._exec(
-                "SELECT name, tensor_sha256, 'embedding' FROM embedding UNION ALL "
-                "SELECT e.name, p.sha256, 'preview ' || p.filename FROM preview p "
-                "JOIN embedding e ON e.id = p.embedding_id"
-            )
-        total = len(rows)
-        referenced = set()
-        for i, (ename, sha, what) in enumerate(rows):
-            referenced.add(sha)
-            problem = self.store.check(sha)
-            if problem == "missing" and self.shares_blobs:
-                # The local store is a cache: the database copy is what counts.
-                with self.reader() as r:
-                    data = r.blob(sha)
-                problem = (
-                    "missing (also from the shared catalog)"
-                    if data is None
-                    else (None if sha256_hex(data) == sha else "altered in the shared catalog")
-                )
-            report.checked_blobs += 1
-            if problem:
-                report.problems.append(f"{ename}: {what} blob {sha[:12]} is {problem}")
-            if on_progress:
-                on_progress(i + 1, total, ename)
-        report.orphan_blobs = [s for s in self.store.iter_blobs() if s not in referenced]
-        return report
+        """Check every blob against its hash, and the database's integrity
+        (:func:`conceptlib.registry.upkeep.verify`)."""
+        return upkeep.verify(self, on_progress=on_progress)
 
     def gc(self, *, dry_run: bool = False, grace_s: float = 0.0) -> list[str]:
-        """Remove blobs no row names, and temp files left by interrupted writes.
-
-        ``grace_s`` spares blobs and temp files younger than that many seconds: a
-        concurrent import writes (or touches, when reused) its blobs before committing
-        the rows that name them, so a grace period keeps ``gc`` from racing it.
-        """
-        import time
-
-        cutoff = time.time() - grace_s
-
-        def old_enough(p: Path) -> bool:
-            try:
-                return grace_s <= 0 or p.stat().st_mtime < cutoff
-            except OSError:
-                return False
-
-        referenced = self._referenced_blobs()
-        removed = [
-            s
-            for s in self.store.iter_blobs()
-            if s not in referenced and old_enough(self.store.path(s))
-        ]
-        temps = [t for t in self.store.iter_temp_files() if old_enough(t)]
-        if not dry_run:
-            # Re-read the references right before deleting: a concurrent import may
-            # have committed a row for a blob that looked orphaned a moment ago.
-            referenced = self._referenced_blobs()
-            removed = [s for s in removed if s not in referenced]
-            for s in removed:
-                self.store.remove(s)
-            if self.shares_blobs:
-                with self.reader() as r:
-                    db_orphans = [
-                        x[0]
-                        for x in r._exec(
-                            "SELECT sha256 FROM blob WHERE sha256 NOT IN (SELECT tensor_sha256 "
-                            "FROM embedding UNION SELECT sha256 FROM preview)"
-                        )
-                    ]
-                self._delete_db_blobs(db_orphans)
-            for t in temps:
-                with suppress(OSError):
-                    t.unlink()
-        return removed + [str(t.name) for t in temps]
+        """Remove blobs no row names, and temp files left by interrupted writes; blobs and
+        temp files younger than ``grace_s`` seconds are spared
+        (:func:`conceptlib.registry.upkeep.collect_garbage`)."""
+        return upkeep.collect_garbage(self, dry_run=dry_run, grace_s=grace_s)
 
     def dump(self) -> dict[str, Any]:
         """A full dump of the catalog rows (for before/after comparisons in tests)."""
@@ -1162,155 +939,11 @@ def _safe_filename(name: str) -> str:
     return derive_name(base)
 
 
-def _tag_ok(t: str) -> bool:
-    try:
-        validate_tag(t)
-        return True
-    except InvalidName:
-        return False
-
-
-def _json_safe(value: Any) -> Any:
-    return json.loads(json.dumps(value, default=str))
-
-
-def _stem(path: Path) -> str:
-    name = path.name
-    for suffix in (".safetensors", ".pt", ".bin", ".ckpt", ".png", ".webp"):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return path.stem
-
-
-# --------------------------------------------------------------------------- files and sidecars
-
-
-def _is_sidecar(p: Path) -> bool:
-    low = p.name.lower()
-    if low.startswith("."):
-        return True
-    return any(low.endswith(s) for s in SIDECAR_SUFFIXES)
-
-
-def _is_companion(p: Path) -> bool:
-    """``learned_embeds_2.safetensors`` is read together with its pair."""
-    low = p.name.lower()
-    if low.startswith("learned_embeds_2."):
-        return any(p.parent.glob("learned_embeds.*"))
-    return False
-
-
-def collect_files(paths: Iterable[str | os.PathLike[str]], *, recursive: bool) -> Iterator[Path]:
-    """Expand folders into candidate embedding files (sidecars and previews skipped).
-
-    A plain image inside a folder is skipped unless it carries an embedding chunk; a
-    path given explicitly is always tried.
-    """
-    for raw in paths:
-        p = Path(raw).expanduser()
-        if p.is_dir():
-            it = p.rglob("*") if recursive else p.iterdir()
-            for f in sorted(it):
-                if not f.is_file() or _is_sidecar(f) or _is_companion(f):
-                    continue
-                if any(part.startswith(".") for part in f.relative_to(p).parts):
-                    continue
-                if f.suffix.lower() in IMAGE_SUFFIXES and not _image_has_embedding(f):
-                    continue
-                yield f
-        elif p.exists():
-            yield p
-        else:
-            # Reported per file, never fatal for the rest.
-            yield p
-
-
-def _image_has_embedding(path: Path) -> bool:
-    try:
-        with path.open("rb") as f:
-            head = f.read(1 << 16)
-    except OSError:
-        return False
-    return b"sd-ti-embedding" in head
-
-
-@dataclass
-class Sidecar:
-    description: str | None = None
-    notes: str | None = None
-    tags: list[str] = field(default_factory=list)
-    trained_words: list[str] = field(default_factory=list)
-    base_model: str | None = None
-    kind: str | None = None
-    source: str | None = None
-    preview: tuple[str, bytes] | None = None
-
-
-def read_sidecars(path: Path) -> Sidecar:
-    """Pick up ``<name>.preview.png``, A1111 ``<name>.json`` and Civitai ``<name>.civitai.info``."""
-    sc = Sidecar()
-    stem = _stem(path)
-    folder = path.parent
-    preview = folder / f"{stem}.preview.png"
-    if preview.is_file():
-        try:
-            data = preview.read_bytes()
-            if data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) < 32 * 1024 * 1024:
-                sc.preview = (preview.name, data)
-        except OSError:
-            pass
-    meta = folder / f"{stem}.json"
-    if meta.is_file():
-        d = _read_json(meta)
-        if isinstance(d, dict):
-            desc = d.get("description")
-            sc.description = str(desc) if desc else None
-            notes = d.get("notes")
-            sc.notes = str(notes) if notes else None
-            words = d.get("activation text")
-            if isinstance(words, str) and words.strip():
-                sc.trained_words = [w.strip() for w in words.split(",") if w.strip()]
-            bm = d.get("sd version")
-            if isinstance(bm, str) and bm and bm.lower() != "unknown":
-                sc.base_model = bm
-    info = folder / f"{stem}.civitai.info"
-    if info.is_file():
-        d = _read_json(info)
-        if isinstance(d, dict):
-            sc.source = Source.CIVITAI.value
-            if isinstance(d.get("baseModel"), str):
-                sc.base_model = d["baseModel"]
-            words = d.get("trainedWords")
-            if isinstance(words, list):
-                sc.trained_words = [str(w) for w in words if isinstance(w, (str, int))]
-            model = d.get("model") if isinstance(d.get("model"), dict) else {}
-            tags = d.get("tags") or model.get("tags") or []
-            if isinstance(tags, list):
-                sc.tags = [t if isinstance(t, str) else str(t.get("name", "")) for t in tags if t]
-            desc = d.get("description") or model.get("description")
-            if isinstance(desc, str) and desc and not sc.description:
-                sc.description = _strip_html(desc)
-            lowered = {t.lower() for t in sc.tags}
-            if "negative" in lowered or "negative embedding" in lowered:
-                sc.kind = Kind.NEGATIVE.value
-            elif "style" in lowered:
-                sc.kind = Kind.STYLE.value
-    return sc
-
-
-def _read_json(p: Path) -> Any:
-    try:
-        if p.stat().st_size > 4 * 1024 * 1024:
-            return None
-        return json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
-def _strip_html(text: str) -> str:
-    import re
-
-    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", text)).strip()
-
-
-__all__ = ["Library", "StoreError", "collect_files", "read_sidecars"]
+__all__ = [
+    "Library",
+    "PendingEntry",
+    "StoreError",
+    "collect_files",
+    "read_sidecars",
+    "validate_tag",
+]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from conceptlib.registry.embedding import Embedding
+from conceptlib.registry.formats.embedding import Embedding
 
 #: (file name, format, family, vectors, description, civitai-style tags, kind)
 SAMPLES = [

@@ -32,7 +32,7 @@ from conceptlib.schemas.enums import Family
 if TYPE_CHECKING:
     import torch
 
-    from conceptlib.trainer.base import BaseModel
+    from conceptlib.models.base import BaseModel
 
 
 def placeholder_tokens(name: str, n: int) -> list[str]:

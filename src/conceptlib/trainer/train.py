@@ -26,10 +26,10 @@ from conceptlib.errors import InvalidName, NameCollision, NaNLoss, TrainingError
 from conceptlib.schemas.enums import Kind
 
 if TYPE_CHECKING:
-    from conceptlib.registry.embedding import Embedding
+    from conceptlib.models.base import BaseModel
+    from conceptlib.registry.formats.embedding import Embedding
     from conceptlib.registry.library import Library
     from conceptlib.schemas.records import EmbeddingInfo
-    from conceptlib.trainer.base import BaseModel
 
 #: Defaults for a real base model on a GPU (documented in docs/training.md).
 DEFAULT_STEPS = 2000
@@ -119,7 +119,7 @@ def _check_options(name: str, vectors: int, steps: int, lr: float, batch: int, k
 
 def _check_registrable(library: Library, name: str, tags: Sequence[str]) -> None:
     """Fail before training, not after, when the result could not be registered."""
-    from conceptlib.registry.library import validate_tag
+    from conceptlib.registry.pending import validate_tag
     from conceptlib.schemas.vocabulary import is_common_word
 
     for tag in tags:
@@ -192,7 +192,7 @@ def train(
         init: initializer word(s); their tokens give the initial vectors, cycled.
         base: ``tiny-sd1``, ``tiny-sdxl``, a diffusers folder, a ``.safetensors``
             checkpoint, a repo id in the local Hugging Face cache, or an already
-            loaded :class:`~conceptlib.trainer.base.BaseModel` (its tokenizers keep
+            loaded :class:`~conceptlib.models.base.BaseModel` (its tokenizers keep
             the placeholder tokens afterwards).
         vectors: vectors per text-encoder slot (1-75).
         kind: ``object`` or ``style``; picks the default templates.
@@ -228,7 +228,8 @@ def train(
         TrainingError: nothing to resume, or a checkpoint of a different run.
     """
     from conceptlib.config import load_settings
-    from conceptlib.trainer.base import BaseModel, load_base, quiet_libraries, resolve_device
+    from conceptlib.models.base import BaseModel, load_base, resolve_device
+    from conceptlib.models.libraries import quiet_libraries
     from conceptlib.trainer.checkpoint import CHECKPOINT_NAME, require_checkpoint
     from conceptlib.trainer.images import MIN_TRAINING_IMAGES, load_training_images, to_pixels
     from conceptlib.trainer.loop import TextualInversion
@@ -468,7 +469,7 @@ class _Run:
         """Write the embedding and the reports, register, and drop the checkpoint."""
         import numpy as np
 
-        from conceptlib.registry.embedding import Embedding
+        from conceptlib.registry.formats.embedding import Embedding
         from conceptlib.trainer.checkpoint import atomic_write_bytes
         from conceptlib.trainer.report import loss_curve_png, png_bytes, sample_grid_png
 

@@ -1,11 +1,11 @@
-"""Every embedding file layout, read by content and written on request.
+"""Every embedding file layout, read by content (writing is :mod:`.write`).
 
 Reading happens in two steps, each a small table tried in a fixed order:
 
 1. :data:`CONTAINERS` recognises the container by its first bytes (never by the file
    name): safetensors, a PyTorch zip, 7z/tar archives (refused), a legacy PyTorch
    pickle stream, PNG, WebP. Pickles only ever go through
-   :func:`~conceptlib.registry.safe_pickle.safe_torch_load`.
+   :func:`~conceptlib.registry.formats.safe_pickle.safe_torch_load`.
 2. :data:`LAYOUTS` recognises the layout by the keys of what the container held:
    A1111 (``string_to_param``), SDXL (``clip_l``/``clip_g``), pivotal tuning
    (``text_encoders_0/1``, ``bundle_emb.*``), kohya's ``emb_params``, and diffusers'
@@ -18,7 +18,6 @@ from key names alone and never from a float count.
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -41,14 +40,14 @@ from conceptlib.errors import (
     UnsupportedContent,
     UsageError,
 )
-from conceptlib.registry.embedding import Embedding, as_matrix
-from conceptlib.registry.png_embed import (
+from conceptlib.registry.formats.embedding import Embedding, as_matrix
+from conceptlib.registry.formats.png_embed import (
     is_png,
     is_webp,
     read_png_embedding,
     read_webp_embedding,
 )
-from conceptlib.registry.safe_pickle import (
+from conceptlib.registry.formats.safe_pickle import (
     ParameterDictContents,
     is_7z,
     is_pickle,
@@ -56,13 +55,11 @@ from conceptlib.registry.safe_pickle import (
     is_zip,
     safe_torch_load,
 )
-from conceptlib.registry.safetensors_io import (
+from conceptlib.registry.formats.safetensors_io import (
     looks_like_safetensors,
     read_safetensors,
-    write_safetensors,
 )
-from conceptlib.schemas.enums import WIDTH_SLOT, Family
-from conceptlib.schemas.names import validate_name
+from conceptlib.schemas.enums import WIDTH_SLOT
 
 __all__ = [
     "CONTAINERS",
@@ -70,12 +67,10 @@ __all__ = [
     "READ_FORMATS",
     "SDXL_COMPANION_NAMES",
     "SDXL_MAIN_NAMES",
-    "WRITE_FORMATS",
     "ParsedFile",
     "is_sdxl_companion",
     "read_embedding_bytes",
     "read_embedding_file",
-    "write_embedding",
 ]
 
 READ_FORMATS = (
@@ -87,16 +82,12 @@ READ_FORMATS = (
     "a1111-png",
     "pti",
 )
-WRITE_FORMATS = ("a1111-pt", "safetensors", "diffusers", "sdxl")
 
 #: The diffusers SDXL script writes the first encoder's vectors to the main file and
 #: the second's to the companion beside it.
 SDXL_MAIN_NAMES = ("learned_embeds.safetensors", "learned_embeds.bin")
 SDXL_COMPANION_NAMES = ("learned_embeds_2.safetensors", "learned_embeds_2.bin")
 
-#: A1111 always keys its one term "*"; its token id is meaningless outside the
-#: tokenizer it was trained with, so writers use the value A1111 itself writes.
-A1111_TOKEN_ID = 265
 
 #: Keys that name a layout, not a trigger token.
 _GENERIC_KEYS = {"*", "emb_params", "clip_l", "clip_h", "clip_g", "embedding", "string_to_param.*"}
@@ -703,83 +694,3 @@ def read_embedding_file(path: str | os.PathLike[str]) -> ParsedFile:
         parsed = _read(data, str(p), _read_capped(companion_path), str(companion_path))
     parsed.file_sha256 = hashlib.sha256(data).hexdigest()
     return parsed
-
-
-# --------------------------------------------------------------------------- writing
-
-
-def _torch_save_a1111(vectors: np.ndarray, name: str) -> bytes:
-    import torch
-
-    payload = {
-        "string_to_token": {"*": A1111_TOKEN_ID},
-        "string_to_param": {"*": torch.from_numpy(np.array(vectors, dtype=np.float32))},
-        "name": name,
-        "step": 0,
-        "sd_checkpoint": None,
-        "sd_checkpoint_name": None,
-    }
-    buf = io.BytesIO()
-    torch.save(payload, buf)
-    return buf.getvalue()
-
-
-def write_embedding(emb: Embedding, fmt: str, *, name: str, token: str) -> dict[str, bytes]:
-    """Serialize ``emb`` in one of :data:`WRITE_FORMATS`.
-
-    Args:
-        emb: the embedding.
-        fmt: ``a1111-pt`` (``{name}.pt``, SD 1.x/2.x), ``safetensors``
-            (``{name}.safetensors``: ``emb_params``, or ``clip_l``/``clip_g`` for SDXL),
-            ``diffusers`` (``learned_embeds.safetensors`` keyed by ``token``, plus
-            ``learned_embeds_2.safetensors`` for SDXL) or ``sdxl`` (SDXL only).
-        name: the file stem and A1111 ``name`` field (validated as a name).
-        token: the diffusers key.
-
-    Returns:
-        Relative file name -> bytes.
-
-    Raises:
-        UsageError: unknown format, empty token, or a format the family cannot use.
-        InvalidName: a name that cannot be a file name.
-    """
-    if fmt not in WRITE_FORMATS:
-        raise UsageError(
-            f"unknown write format {fmt!r}; expected one of {', '.join(WRITE_FORMATS)}"
-        )
-    stem = validate_name(name)
-    if not token or not token.strip() or any(ord(c) < 32 for c in token):
-        raise UsageError(
-            f"token {token!r} is empty or has control characters; expected a trigger token"
-        )
-    family = emb.family
-    vec = emb.vectors
-    if fmt == "a1111-pt":
-        if family == Family.SDXL:
-            raise UsageError(
-                "a1111-pt holds one text encoder's vectors but this embedding is SDXL "
-                "(clip_l + clip_g); use the sdxl format"
-            )
-        return {f"{stem}.pt": _torch_save_a1111(next(iter(vec.values())), stem)}
-    if fmt == "safetensors":
-        tensors = dict(vec) if family == Family.SDXL else {"emb_params": next(iter(vec.values()))}
-        return {f"{stem}.safetensors": write_safetensors(tensors)}
-    if fmt == "diffusers":
-        meta = {"format": "pt"}
-        if family == Family.SDXL:
-            return {
-                "learned_embeds.safetensors": write_safetensors({token: vec["clip_l"]}, meta),
-                "learned_embeds_2.safetensors": write_safetensors({token: vec["clip_g"]}, meta),
-            }
-        return {
-            "learned_embeds.safetensors": write_safetensors({token: next(iter(vec.values()))}, meta)
-        }
-    # fmt == "sdxl"
-    if family != Family.SDXL:
-        raise UsageError(
-            f"the sdxl format holds clip_l + clip_g but this embedding is {family.value}; use "
-            "a1111-pt, safetensors or diffusers"
-        )
-    return {
-        f"{stem}.safetensors": write_safetensors({"clip_l": vec["clip_l"], "clip_g": vec["clip_g"]})
-    }

@@ -16,7 +16,7 @@ import numpy as np
 
 from conceptlib.config import FP16_MAX, MAX_VECTORS
 from conceptlib.errors import BadTensor, FamilyMismatch
-from conceptlib.registry.safetensors_io import write_safetensors
+from conceptlib.registry.formats.safetensors_io import write_safetensors
 from conceptlib.schemas.enums import FAMILY_SLOTS, SLOT_WIDTH, WIDTH_SLOT, Family
 
 # Real CLIP token embeddings have per-vector L2 norms of roughly 0.3-1.5 (SD 1.x)

@@ -24,6 +24,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from conceptlib.models.libraries import _dtype_kwargs, quiet_libraries
+
 #: Bump when anything below changes the built models: it is part of the cache key
 #: and of the base-model fingerprint.
 TINY_VERSION = 1
@@ -351,8 +353,6 @@ def ensure_tiny(name: str, cache_dir: str | os.PathLike[str] | None = None) -> P
     if (target / "conceptlib-tiny.json").is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    from conceptlib.trainer.base import quiet_libraries
-
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
     try:
         with quiet_libraries():
@@ -381,8 +381,6 @@ def load_tiny(
 
     folder = ensure_tiny(name, cache_dir)
     cls = StableDiffusionXLPipeline if name == "tiny-sdxl" else StableDiffusionPipeline
-    from conceptlib.trainer.base import _dtype_kwargs
-
     pipe = cls.from_pretrained(
         folder, local_files_only=True, **_dtype_kwargs(dtype or torch.float32)
     )

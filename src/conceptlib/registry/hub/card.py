@@ -15,6 +15,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from conceptlib.registry.hub.repos import REPO_ID as _REPO_ID
 from conceptlib.schemas.manifest import ConceptManifest, LibraryIndex
 
 #: Tags every pushed concept card carries; removed again when a card is read back.
@@ -30,8 +31,6 @@ GENERATED_TAGS = frozenset(
     {*BASE_TAGS, *(t for ts in FAMILY_TAGS.values() for t in ts), NEGATIVE_TAG, *KIND_TAGS}
     | {"diffusers", "conceptlib-library", "embedding", "embeddings"}
 )
-#: A base model the Hub can link: a repo id.
-_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
 #: conceptlib's built-in tiny models have repo-shaped ids but live in no Hub repo.
 _NOT_ON_HUB = ("conceptlib/tiny-",)
 

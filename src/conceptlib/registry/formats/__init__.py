@@ -1,0 +1,52 @@
+"""Embedding files: detection, reading, writing and their safety.
+
+One room for everything that turns bytes into the canonical :class:`Embedding` and
+back:
+
+- :mod:`.embedding`: the canonical value (slots, family, tensor hash, short hashes).
+- :mod:`.read`: container and layout detection by content; every layout we read.
+- :mod:`.write`: every layout we write.
+- :mod:`.safe_pickle`: the opcode allow-list walk that every pickle passes before
+  ``torch.load(weights_only=True)``.
+- :mod:`.safetensors_io`: a strict safetensors reader and writer.
+- :mod:`.png_embed`: A1111's PNG (and WebP) embeddings.
+
+The public names below are re-exported so ``conceptlib.registry.formats`` keeps
+working as the single import for readers and writers.
+"""
+
+from __future__ import annotations
+
+from conceptlib.registry.formats.embedding import Embedding, sha256_hex, short_hashes
+from conceptlib.registry.formats.read import (
+    CONTAINERS,
+    LAYOUTS,
+    READ_FORMATS,
+    SDXL_COMPANION_NAMES,
+    SDXL_MAIN_NAMES,
+    ParsedFile,
+    describe_bytes,
+    is_sdxl_companion,
+    read_embedding_bytes,
+    read_embedding_file,
+)
+from conceptlib.registry.formats.write import A1111_TOKEN_ID, WRITE_FORMATS, write_embedding
+
+__all__ = [
+    "A1111_TOKEN_ID",
+    "CONTAINERS",
+    "LAYOUTS",
+    "READ_FORMATS",
+    "SDXL_COMPANION_NAMES",
+    "SDXL_MAIN_NAMES",
+    "WRITE_FORMATS",
+    "Embedding",
+    "ParsedFile",
+    "describe_bytes",
+    "is_sdxl_companion",
+    "read_embedding_bytes",
+    "read_embedding_file",
+    "sha256_hex",
+    "short_hashes",
+    "write_embedding",
+]

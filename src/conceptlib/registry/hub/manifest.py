@@ -1,0 +1,184 @@
+"""The files a push writes: ``concept.json`` manifests, concept and library repo
+files with their model cards (:mod:`.card`), and reading a manifest back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Any
+
+from conceptlib.errors import HubError
+from conceptlib.registry.hub.repos import (
+    CARD_FILENAME,
+    EMBEDDING_FILENAME,
+    LIBRARY_CONCEPT_DIR,
+    PREVIEW_DIR,
+    TOKEN_FILENAME,
+    TYPE_FILENAME,
+    unsafe_reason,
+)
+from conceptlib.schemas.names import name_key
+
+if TYPE_CHECKING:
+    from conceptlib.registry.formats.embedding import Embedding
+    from conceptlib.registry.library import Library
+    from conceptlib.schemas.manifest import ConceptManifest, LibraryIndex
+    from conceptlib.schemas.records import EmbeddingInfo
+
+
+def _encode_embedding(emb: Embedding, info: EmbeddingInfo) -> tuple[str, bytes]:
+    """The pushed file: diffusers ``{token: [n,d]}`` for SD 1.x/2.x, ``{clip_l, clip_g}`` for SDXL."""
+    from conceptlib.registry.formats import write_embedding
+
+    fmt = "sdxl" if info.family == "sdxl" else "diffusers"
+    files = write_embedding(emb, fmt, name=info.name, token=info.token)
+    if len(files) != 1:  # pragma: no cover - both formats write one file
+        raise HubError(f"format {fmt} wrote {len(files)} files; expected one")
+    return fmt, next(iter(files.values()))
+
+
+def _preview_paths(info: EmbeddingInfo) -> list[tuple[Any, str]]:
+    used: set[str] = set()
+    out = []
+    for p in info.previews:
+        fname = p.filename
+        stem, dot, ext = fname.rpartition(".")
+        n = 2
+        while fname.casefold() in used:
+            fname = f"{stem}-{n}.{ext}" if dot else f"{p.filename}-{n}"
+            n += 1
+        used.add(fname.casefold())
+        out.append((p, f"{PREVIEW_DIR}/{fname}"))
+    return out
+
+
+def build_manifest(lib: Library, info: EmbeddingInfo) -> tuple[ConceptManifest, dict[str, bytes]]:
+    """``concept.json`` for ``info`` plus the files it names (embedding, previews)."""
+    from conceptlib.schemas.manifest import (
+        ConceptManifest,
+        EmbeddingFileEntry,
+        PreviewEntry,
+        TrainingRunEntry,
+    )
+
+    emb = lib.load(info)
+    fmt, data = _encode_embedding(emb, info)
+    files: dict[str, bytes] = {EMBEDDING_FILENAME: data}
+    previews = []
+    for p, path in _preview_paths(info):
+        blob = lib.preview_path(info, p.filename).read_bytes()
+        if hashlib.sha256(blob).hexdigest() != p.sha256:
+            from conceptlib.errors import BlobCorrupt
+
+            raise BlobCorrupt(f"{info.name}: preview {p.filename} does not match its hash")
+        files[path] = blob
+        previews.append(
+            PreviewEntry(
+                filename=p.filename, role=p.role, path=path, sha256=p.sha256, size=len(blob)
+            )
+        )
+    runs = []
+    for tr in info.training_runs:
+        d = asdict(tr)
+        d.pop("id", None)
+        d.pop("created_at", None)
+        runs.append(TrainingRunEntry(**d))
+    manifest = ConceptManifest(
+        name=info.name,
+        token=info.token,
+        kind=info.kind,
+        family=info.family,
+        num_vectors=info.num_vectors,
+        dims=list(info.dims),
+        tensor_sha256=info.tensor_sha256,
+        file_sha256=info.file_sha256,
+        embedding=EmbeddingFileEntry(
+            path=EMBEDDING_FILENAME,
+            format=fmt,
+            sha256=hashlib.sha256(data).hexdigest(),
+            size=len(data),
+        ),
+        source=info.source,
+        source_ref=info.source_ref,
+        base_model=info.base_model,
+        base_model_fingerprint=info.base_model_fingerprint,
+        initializer=info.initializer,
+        training_images_hash=info.training_images_hash,
+        training_image_count=info.training_image_count,
+        description=info.description,
+        license=info.license,
+        tags=sorted(info.tags),
+        flags=list(info.flags),
+        version=info.version,
+        parents=list(info.parents),
+        extra=dict(info.extra),
+        previews=previews,
+        training_runs=runs,
+    )
+    return manifest, files
+
+
+def concept_repo_files(lib: Library, info: EmbeddingInfo, *, repo_id: str) -> dict[str, bytes]:
+    """Every file of a concept repo, by path."""
+    from conceptlib.registry.hub.card import render_card
+
+    manifest, files = build_manifest(lib, info)
+    files[TOKEN_FILENAME] = info.token.encode("utf-8")
+    files[TYPE_FILENAME] = info.kind.encode("utf-8")
+    files["concept.json"] = manifest.to_json_bytes()
+    files[CARD_FILENAME] = render_card(manifest, repo_id=repo_id).encode("utf-8")
+    return files
+
+
+def library_repo_files(
+    lib: Library, infos: Sequence[EmbeddingInfo], *, repo_id: str, selection: dict[str, Any]
+) -> tuple[LibraryIndex, dict[str, bytes]]:
+    from conceptlib.registry.hub.card import render_library_card
+    from conceptlib.schemas.manifest import LibraryEntry, LibraryIndex
+
+    files: dict[str, bytes] = {}
+    entries = []
+    for info in sorted(infos, key=lambda i: name_key(i.name)):
+        folder = f"{LIBRARY_CONCEPT_DIR}/{info.name}"
+        if unsafe_reason(folder):
+            raise HubError(f"{info.name!r} cannot be a folder name in a repo")
+        manifest, cfiles = build_manifest(lib, info)
+        mbytes = manifest.to_json_bytes()
+        for rel, data in cfiles.items():
+            files[f"{folder}/{rel}"] = data
+        files[f"{folder}/concept.json"] = mbytes
+        entries.append(
+            LibraryEntry(
+                name=info.name,
+                path=folder,
+                token=info.token,
+                kind=info.kind,
+                family=info.family,
+                tensor_sha256=info.tensor_sha256,
+                manifest_sha256=hashlib.sha256(mbytes).hexdigest(),
+                tags=sorted(info.tags),
+            )
+        )
+    index = LibraryIndex(name=repo_id, selection=selection, concepts=entries)
+    files["library.json"] = index.to_json_bytes()
+    families = sorted({e.family for e in entries})
+    files[CARD_FILENAME] = render_library_card(index, repo_id=repo_id, families=families).encode()
+    return index, files
+
+
+def _read_manifest(data: bytes, where: str) -> ConceptManifest:
+    from pydantic import ValidationError
+
+    from conceptlib.schemas.manifest import ConceptManifest
+
+    try:
+        return ConceptManifest.model_validate_json(data)
+    except ValidationError as exc:
+        first = exc.errors()[0] if exc.errors() else {}
+        loc = ".".join(str(x) for x in first.get("loc", ()))
+        raise HubError(
+            f"{where}: concept.json is not a valid conceptlib manifest ({loc}: "
+            f"{first.get('msg', 'invalid')})",
+        ) from None

@@ -1,0 +1,131 @@
+"""Keeping a library sound: checking every blob against its hash and the database's
+integrity (``verify``), and removing what no row names (``gc``).
+
+:class:`~conceptlib.registry.library.Library` exposes these as ``verify()`` and
+``gc()``; the functions take the library as their first argument.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from contextlib import suppress
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from conceptlib.errors import ConceptlibError
+from conceptlib.registry.formats.embedding import sha256_hex
+from conceptlib.schemas.records import VerifyReport
+
+if TYPE_CHECKING:
+    from conceptlib.registry.library import Library
+
+__all__ = ["collect_garbage", "delete_unreferenced_db_blobs", "referenced_blobs", "verify"]
+
+ProgressCallback = Callable[[int, int, str], None]
+
+_REFERENCED = "SELECT tensor_sha256 FROM embedding UNION SELECT sha256 FROM preview"
+
+
+def referenced_blobs(lib: Library) -> set[str]:
+    """SHA-256 of every blob a row names (embeddings and previews)."""
+    with lib.reader() as r:
+        rows = r._exec(_REFERENCED)
+    return {x[0] for x in rows}
+
+
+def delete_unreferenced_db_blobs(lib: Library, shas: Sequence[str]) -> None:
+    """Drop database blobs that no row names (re-checked inside the transaction)."""
+    from sqlalchemy import text
+
+    with lib.catalog.connection() as conn:
+        for sha in shas:
+            conn.execute(
+                text(f"DELETE FROM blob WHERE sha256 = :s AND sha256 NOT IN ({_REFERENCED})"),
+                {"s": sha},
+            )
+
+
+def verify(lib: Library, *, on_progress: ProgressCallback | None = None) -> VerifyReport:
+    """Check every blob against its hash, and the database's integrity."""
+    from conceptlib.catalog import dialect
+
+    report = VerifyReport()
+    try:
+        with lib.catalog.read() as conn:
+            report.problems += dialect.integrity_problems(conn, lib.catalog.dialect_name)
+    except ConceptlibError as exc:
+        report.problems.append(exc.message)
+    if report.problems:
+        report.integrity = "failed"
+    with lib.reader() as r:
+        rows = r._exec(
+            "SELECT name, tensor_sha256, 'embedding' FROM embedding UNION ALL "
+            "SELECT e.name, p.sha256, 'preview ' || p.filename FROM preview p "
+            "JOIN embedding e ON e.id = p.embedding_id"
+        )
+    total = len(rows)
+    referenced = set()
+    for i, (ename, sha, what) in enumerate(rows):
+        referenced.add(sha)
+        problem = lib.store.check(sha)
+        if problem == "missing" and lib.shares_blobs:
+            # The local store is a cache: the database copy is what counts.
+            with lib.reader() as r:
+                data = r.blob(sha)
+            problem = (
+                "missing (also from the shared catalog)"
+                if data is None
+                else (None if sha256_hex(data) == sha else "altered in the shared catalog")
+            )
+        report.checked_blobs += 1
+        if problem:
+            report.problems.append(f"{ename}: {what} blob {sha[:12]} is {problem}")
+        if on_progress:
+            on_progress(i + 1, total, ename)
+    report.orphan_blobs = [s for s in lib.store.iter_blobs() if s not in referenced]
+    return report
+
+
+def collect_garbage(lib: Library, *, dry_run: bool = False, grace_s: float = 0.0) -> list[str]:
+    """Remove blobs no row names, and temp files left by interrupted writes.
+
+    ``grace_s`` spares blobs and temp files younger than that many seconds: a
+    concurrent import writes (or touches, when reused) its blobs before committing
+    the rows that name them, so a grace period keeps ``gc`` from racing it.
+
+    Returns:
+        The removed blobs' SHA-256 and the removed temp files' names (what would be
+        removed, with ``dry_run``).
+    """
+    cutoff = time.time() - grace_s
+
+    def old_enough(p: Path) -> bool:
+        try:
+            return grace_s <= 0 or p.stat().st_mtime < cutoff
+        except OSError:
+            return False
+
+    referenced = referenced_blobs(lib)
+    removed = [
+        s for s in lib.store.iter_blobs() if s not in referenced and old_enough(lib.store.path(s))
+    ]
+    temps = [t for t in lib.store.iter_temp_files() if old_enough(t)]
+    if not dry_run:
+        # Re-read the references right before deleting: a concurrent import may
+        # have committed a row for a blob that looked orphaned a moment ago.
+        referenced = referenced_blobs(lib)
+        removed = [s for s in removed if s not in referenced]
+        for s in removed:
+            lib.store.remove(s)
+        if lib.shares_blobs:
+            with lib.reader() as r:
+                db_orphans = [
+                    x[0]
+                    for x in r._exec(f"SELECT sha256 FROM blob WHERE sha256 NOT IN ({_REFERENCED})")
+                ]
+            delete_unreferenced_db_blobs(lib, db_orphans)
+        for t in temps:
+            with suppress(OSError):
+                t.unlink()
+    return removed + [str(t.name) for t in temps]
