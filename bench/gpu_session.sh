@@ -23,7 +23,11 @@ print(sys.version.split()[0], 'torch', torch.__version__, 'diffusers', diffusers
       'transformers', transformers.__version__, 'sqlite', sqlite3.sqlite_version,
       'cuda', torch.cuda.is_available())" | tee -a "$out/machine.txt"
 jobs=$(( $(nproc) > 12 ? 12 : $(nproc) ))
-timeout "${1:-240}" python3 -m pytest -q -p no:cacheprovider -n "$jobs" tests/ 2>&1 \
-  | tee "$out/pytest.log" | tail -25
+# -rfE names every failure in the summary; a per-test timeout keeps one hung test from
+# eating the whole budget; stragglers (xdist workers) are stopped before the benchmark
+# so that they do not steal its CPU.
+timeout "${1:-240}" python3 -m pytest -q -rfE -p no:cacheprovider -n "$jobs" --timeout 90 \
+  tests/ 2>&1 | tee "$out/pytest.log" | grep -E "^(FAILED|ERROR)|passed|failed" | head -40
+pkill -f "pytest" 2>/dev/null; sleep 2
 timeout "${2:-240}" python3 bench/train_throughput.py --model sd15 --short 10 --long 40 \
   --warmup 5 --rounds 1 --markdown --json "$out/sd15.json" 2>&1 | tee "$out/bench-sd15.log" | tail -20
