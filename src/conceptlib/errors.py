@@ -188,6 +188,14 @@ class CatalogTooNew(CatalogError):
     code = "catalog_too_new"
 
 
+class CatalogConflict(CatalogError):
+    """The database aborted a transaction as a conflict with a concurrent writer
+    (PostgreSQL's deadlock_detected 40P01 or serialization_failure 40001). Nothing of
+    it was applied; running it again is safe, and :meth:`Catalog.retrying` does."""
+
+    code = "catalog_conflict"
+
+
 class StoreError(ConceptlibError):
     """Writing or reading a blob failed (disk full, I/O error, altered blob)."""
 

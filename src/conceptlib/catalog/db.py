@@ -8,11 +8,13 @@ failing with "database is locked" on lock upgrade). PostgreSQL when
 
 from __future__ import annotations
 
+import random
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Connection, Engine
@@ -21,7 +23,19 @@ from sqlmodel import Session
 
 from conceptlib.catalog import dialect, migrations
 from conceptlib.catalog.models import utcnow
-from conceptlib.errors import CatalogCorrupt, CatalogError, CatalogLocked, CatalogTooNew
+from conceptlib.errors import (
+    CatalogConflict,
+    CatalogCorrupt,
+    CatalogError,
+    CatalogLocked,
+    CatalogTooNew,
+)
+
+T = TypeVar("T")
+
+#: SQLSTATEs of a transaction the server aborted because of a concurrent one
+#: (PostgreSQL: deadlock_detected, serialization_failure).
+_CONFLICT_SQLSTATES = {"40P01", "40001"}
 
 
 def _is_locked(exc: BaseException) -> bool:
@@ -32,6 +46,12 @@ def _is_locked(exc: BaseException) -> bool:
 def translate_db_error(exc: BaseException, where: str) -> CatalogError:
     """Turn a driver error into the typed error a user can act on."""
     text = str(getattr(exc, "orig", exc))
+    if getattr(getattr(exc, "orig", exc), "sqlstate", None) in _CONFLICT_SQLSTATES:
+        return CatalogConflict(
+            f"the catalog {where} aborted a write that conflicted with a concurrent one "
+            f"({text.splitlines()[0]})",
+            hint="run the command again: nothing of the aborted write was applied",
+        )
     if _is_locked(exc):
         return CatalogLocked(
             f"the catalog {where} is locked by another writer past the busy timeout",
@@ -126,6 +146,22 @@ class Catalog:
         """A write connection in one transaction (Core, no ORM)."""
         with self._translated(), self.engine.connect() as conn, conn.begin():
             yield conn
+
+    def retrying(self, work: Callable[[], T], *, attempts: int = 6) -> T:
+        """Run ``work`` (which opens its own write transaction) and run it again when the
+        database aborts it as a conflict with a concurrent writer (:class:`CatalogConflict`:
+        on PostgreSQL two writers inserting the same unique keys in different orders
+        deadlock, and the server aborts one of them). The pause between attempts grows
+        (10 ms to about 0.3 s, jittered); the last attempt's conflict is raised.
+        """
+        for attempt in range(attempts):
+            try:
+                return work()
+            except CatalogConflict:
+                if attempt == attempts - 1:
+                    raise
+                time.sleep(0.01 * (2**attempt) * (0.5 + random.random()))
+        raise AssertionError("unreachable")  # pragma: no cover
 
     # ------------------------------------------------------------------ migrations
 

@@ -430,6 +430,11 @@ class Library:
                             )
 
     def _commit(self, batch: Sequence[PendingEntry]) -> None:
+        """Insert a batch of prepared entries in one write transaction, run again when a
+        concurrent writer's transaction made the database abort it (a deadlock)."""
+        self.catalog.retrying(lambda: self._commit_once(batch))
+
+    def _commit_once(self, batch: Sequence[PendingEntry]) -> None:
         """Insert a batch of prepared entries in one write transaction (Core inserts)."""
         from sqlalchemy import insert
         from sqlalchemy.exc import IntegrityError
