@@ -11,13 +11,16 @@ returns bytes and is reusable from other test modules::
 
 from __future__ import annotations
 
+import base64
 import io
+import json
 import marshal
 import pickle
 import shlex
 import struct
 import tarfile
 import zipfile
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,6 +97,40 @@ def make_a1111_pt(
         "sd_checkpoint_name": sd_checkpoint_name,
     }
     return torch_bytes(data, legacy=legacy)
+
+
+def make_paper_pt(
+    vectors: Any,
+    *,
+    legacy: bool = False,
+    token: str = "view",
+    parameter_dict: bool = False,
+    token_dtype: Any = None,
+) -> bytes:
+    """The Textual Inversion authors' LDM layout (``EmbeddingManager.save``).
+
+    ``{"string_to_token": {"*": id}, "string_to_param": {"*": T[n, d]}}`` and nothing
+    else; the id is an integer tensor. ``token="view"`` saves it as that code does: a
+    0-d element of the tokenizer's ``[1, 77]`` int64 output (so the whole 77-element
+    storage is saved, read at offset 1); ``token="1d"`` as a ``[1]`` tensor.
+    ``parameter_dict`` keeps the vectors in an ``nn.ParameterDict`` (the code's
+    ``string_to_param_dict``); ``token_dtype`` casts the id (int32, uint8, bool...).
+    """
+    import torch
+
+    if token == "view":
+        ids = torch.full((1, 77), 49407, dtype=torch.int64)
+        ids[0, 0], ids[0, 1] = 49406, 265
+        tid = ids[0, 1]
+    else:
+        tid = torch.tensor([265], dtype=torch.int64)
+    if token_dtype is not None:
+        tid = tid.to(token_dtype)
+    vec = _tensor(vectors)
+    params: Any = (
+        torch.nn.ParameterDict({"*": torch.nn.Parameter(vec)}) if parameter_dict else {"*": vec}
+    )
+    return torch_bytes({"string_to_token": {"*": tid}, "string_to_param": params}, legacy=legacy)
 
 
 def make_emb_params_pt(vectors: Any, *, legacy: bool = False, dtype: Any = None) -> bytes:
@@ -204,6 +241,126 @@ def make_webp() -> bytes:
     vp8l = b"\x2f\x00\x00\x00\x00\x07\x10\x11\x11\x88\x88\xfe\x07\x00"
     body = b"WEBP" + b"VP8L" + struct.pack("<I", len(vp8l)) + vp8l
     return b"RIFF" + struct.pack("<I", len(body)) + body
+
+
+# --------------------------------------------------------------------------- side strips
+#
+# Our own writer of A1111's pixel encoding (modules/textual_inversion/
+# image_embedding.py, insert_image_data_embed), from its description: the JSON is
+# zlib-compressed, split into low and high nibbles, laid out row by row as RGB
+# pixels in a strip left (low) and right (high) of the picture, one black column
+# between each strip and the picture, each strip's nibbles XOR-ed with the low nibble
+# of an LCG key stream; the strips' high nibbles carry a decoration.
+
+
+def lcg_reference(n: int) -> np.ndarray:
+    """A1111's key stream by its definition, one step at a time: ``[n]`` uint8 low nibbles."""
+    out = np.empty(n, dtype=np.uint8)
+    state = 0
+    for i in range(n):
+        state = (1664525 * state + 1013904223) % 2**32
+        out[i] = (state % 255) & 0x0F
+    return out
+
+
+def strip_payload(vectors: Any, *, name: str = "cat-toy", step: int = 500) -> dict[str, Any]:
+    """The dict A1111 hides in the strips: its ``.pt`` contents, tensors as TORCHTENSOR lists."""
+    return {
+        "string_to_token": {"*": 265},
+        "string_to_param": {"*": {"TORCHTENSOR": np.asarray(vectors, np.float32).tolist()}},
+        "name": name,
+        "step": step,
+        "sd_checkpoint": "a9263745",
+        "sd_checkpoint_name": "v1-5-pruned-emaonly",
+    }
+
+
+def encode_strips(
+    raw: bytes, height: int, *, compress: bool = True, pad: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
+    """The low- and high-nibble strips ``[height, cols, 3]`` for ``raw`` (JSON bytes).
+
+    ``compress=False`` takes ``raw`` as the zlib stream itself (for broken streams).
+    The stream is padded by repeating it, as A1111 does, with at least one byte;
+    ``pad=False`` adds no byte when the stream fills whole columns.
+    """
+    blob = np.frombuffer(zlib.compress(raw, 9) if compress else raw, dtype=np.uint8)
+    per_col = height * 3
+    cols = len(blob) // per_col + 1 if pad else -(-len(blob) // per_col)
+    padded = np.resize(blob, cols * per_col)
+    key = lcg_reference(padded.size)
+    yy, xx = np.mgrid[0:height, 0:cols]
+    dots = np.where((yy // 2 + xx // 2) % 2 == 0, 0xA0, 0x00).astype(np.uint8)[..., None]
+    low = ((padded & 0x0F) ^ key).reshape(height, cols, 3) | dots
+    high = ((padded >> 4) ^ key).reshape(height, cols, 3) | dots
+    return low, high
+
+
+def picture(height: int = 48, width: int = 40, seed: int = 0) -> np.ndarray:
+    """A noisy RGB picture ``[height, width, 3]`` with no black pixels."""
+    rng = np.random.default_rng(seed)
+    return rng.integers(16, 256, size=(height, width, 3), dtype=np.uint8)
+
+
+def save_image(
+    rgb: np.ndarray, fmt: str = "PNG", *, text: Mapping[str, str] | None = None
+) -> bytes:
+    """``rgb`` as a PNG (with optional tEXt chunks) or a lossless WebP, through Pillow."""
+    from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
+
+    buf = io.BytesIO()
+    img = Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8), mode="RGB")
+    if fmt == "PNG":
+        info = PngInfo()
+        for key, value in (text or {}).items():
+            info.add_text(key, value)
+        img.save(buf, format="PNG", pnginfo=info)
+    else:
+        img.save(buf, format="WEBP", lossless=True, quality=100)
+    return buf.getvalue()
+
+
+def make_strip_image(
+    payload: Mapping[str, Any] | bytes,
+    *,
+    fmt: str = "PNG",
+    pic: np.ndarray | None = None,
+    border: int = 0,
+    with_text: bool = False,
+    compress: bool = True,
+    pad: bool = True,
+) -> bytes:
+    """An A1111 embedding image whose side strips carry ``payload`` (a dict, or raw bytes).
+
+    ``border`` adds black all round (which readers crop); ``with_text`` also writes
+    the ``sd-ti-embedding`` text chunk, as A1111's training does.
+    """
+    raw = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+    pic = picture() if pic is None else pic
+    height = pic.shape[0]
+    low, high = encode_strips(raw, height, compress=compress, pad=pad)
+    black = np.zeros((height, 1, 3), dtype=np.uint8)
+    rgb = np.concatenate([low, black, pic, black, high], axis=1)
+    if border:
+        rgb = np.pad(rgb, ((border, border), (border, border), (0, 0)))
+    text = None
+    if with_text:
+        text = {TEXT_KEY: base64.b64encode(raw).decode()}
+    return save_image(rgb, fmt, text=text)
+
+
+def strip_png_text(data: bytes) -> bytes:
+    """The same PNG without its text chunks (as an image host or editor strips them)."""
+    out = bytearray(data[:8])
+    pos = 8
+    while pos < len(data):
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        end = pos + 12 + length
+        if data[pos + 4 : pos + 8] not in (b"tEXt", b"zTXt", b"iTXt"):
+            out += data[pos:end]
+        pos = end
+    return bytes(out)
 
 
 def lfs_pointer(size: int = 3_456) -> bytes:
@@ -517,18 +674,22 @@ def tensor_pickle(
     top_key: str = "emb_params",
     protocol: int = 2,
     legacy: bool = False,
+    offset: Any = 0,
+    stride: Any = None,
 ) -> bytes:
     """``{top_key: tensor}`` as torch writes it, with a chosen *declared* storage size.
 
-    ``legacy`` writes the pre-1.6 persistent id (with its trailing view slot).
+    ``legacy`` writes the pre-1.6 persistent id (with its trailing view slot);
+    ``offset`` and ``stride`` (contiguous when None) are written as given.
     """
-    stride = tuple(int(np.prod(shape[i + 1 :])) for i in range(len(shape)))
+    if stride is None:
+        stride = tuple(int(np.prod(shape[i + 1 :])) for i in range(len(shape)))
     pid_tuple: tuple[Any, ...] = ("storage", G("torch", storage), key, "cpu", numel)
     pid = PersId(pid_tuple + (None,) if legacy else pid_tuple)
     tensor = Call(
         G("torch._utils", "_rebuild_tensor_v2"),
         pid,
-        0,
+        offset,
         tuple(shape),
         stride,
         False,

@@ -210,9 +210,11 @@ def test_export_for_prompt_errors(catalog, tmp_path):
     with pytest.raises(UsageError, match="unknown format"):
         export_for_prompt(catalog, "<cat-toy>", "fooocus", tmp_path / "x")
     export_for_prompt(catalog, "<cat-toy>", "a1111", tmp_path / "y")
-    with pytest.raises(UsageError, match="already exists"):
+    (tmp_path / "y" / "cat-toy.safetensors").write_bytes(b"another file")
+    with pytest.raises(AlreadyExists, match="already exists with other contents"):
         export_for_prompt(catalog, "<cat-toy> <ukiyoe>", "a1111", tmp_path / "y")
     assert not (tmp_path / "y" / "ukiyoe.safetensors").exists()  # nothing half-written
+    assert (tmp_path / "y" / "cat-toy.safetensors").read_bytes() == b"another file"
     assert (
         len(export_for_prompt(catalog, "<cat-toy>", "a1111", tmp_path / "y", overwrite=True)) == 1
     )
@@ -226,3 +228,40 @@ def test_export_for_prompt_cli_helper(catalog, tmp_path, capsys):
     run_export_for_prompt("<cat-toy>", "comfyui", str(tmp_path), as_json=True)
     data = json.loads(capsys.readouterr().out)
     assert data["files"] == [str(tmp_path / "cat-toy.safetensors")]
+
+
+# --------------------------------------------------------------------------- tokens for tokenizers
+
+
+@pytest.mark.timeout(240)
+def test_mixed_case_multi_vector_token_uses_every_vector_in_diffusers(lib, tmp_path):
+    """``BadHandV4`` with 3 vectors: the exported files are keyed by the form CLIP's
+    tokenizer gives the prompt, so diffusers' own ``load_textual_inversion`` expands the
+    prompt ``compose --format diffusers`` writes into all 3 vectors (a mixed-case key is
+    never matched: the prompt is lower-cased, one vector used)."""
+    from click.testing import CliRunner
+    from compose_support import tiny_cache_dir
+
+    from conceptlib.cli.main import cli
+    from conceptlib.models.tiny import load_tiny
+
+    emb = sample_embedding("sd1", 3, 40)
+    lib.add_embedding(emb, name="BadHandV4", kind="negative")
+    (single,) = lib.export("BadHandV4", "diffusers", tmp_path / "single")
+    assert single.name == "BadHandV4.safetensors"  # named after the entry
+    folder = tmp_path / "ui"
+    export_for_prompt(lib, "<BadHandV4>", "diffusers", folder)
+    res = CliRunner().invoke(cli, ["compose", "a hand, <BadHandV4>", "--format", "diffusers"])
+    assert res.exit_code == 0, res.output
+    prompt = res.output.splitlines()[0]
+    assert prompt == "a hand, badhandv4"
+    tokens = ["badhandv4", "badhandv4_1", "badhandv4_2"]
+    for source in (str(single), str(folder / "BadHandV4")):
+        pipe = load_tiny("tiny-sd1", cache_dir=tiny_cache_dir())
+        pipe.load_textual_inversion(source)
+        text = pipe.maybe_convert_prompt(prompt, pipe.tokenizer)
+        ids = pipe.tokenizer(text).input_ids
+        added = pipe.tokenizer.convert_tokens_to_ids(tokens)
+        assert [i for i in ids if i in added] == added, (source, text)
+        rows = pipe.text_encoder.get_input_embeddings().weight[added].detach().numpy()
+        np.testing.assert_allclose(rows, emb.vectors["clip_l"], atol=1e-6)

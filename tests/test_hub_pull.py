@@ -334,3 +334,100 @@ def test_an_ordinary_word_is_not_taken_as_a_name(hub, lib, emb_factory):
     seed_single_file(hub, "someone/other", emb_factory("sd1", 1, 6), filename="x-y.safetensors")
     with pytest.raises(InvalidName, match="ordinary word"):
         hubmod.pull(lib, "someone/other", name="painting")
+
+
+# --------------------------------------------------------------------------- tokens and names
+
+
+def test_a_repo_token_that_cannot_be_a_trigger_is_kept_and_reported(hub, lib, emb_factory):
+    """token_identifier.txt ``<Le Petit Prince-moon >``, or a learned_embeds key ``_*_``
+    without one: the name becomes the token, the original is kept and the pull says so."""
+    import json
+
+    from click.testing import CliRunner
+
+    from conceptlib.cli.main import cli
+
+    seed_sd_concepts(
+        hub,
+        "sd-concepts-library/le-petit-prince",
+        emb_factory("sd1", 2, 30),
+        token="<Le Petit Prince-moon >",
+    )
+    out = hubmod.pull(lib, "sd-concepts-library/le-petit-prince")
+    info = lib.get(out.name)
+    assert (info.name, info.token) == ("le-petit-prince", "le-petit-prince")
+    assert info.extra["token_in_file"] == "<Le Petit Prince-moon >"
+    assert out.token == "le-petit-prince"
+    assert len(out.notes) == 1 and "cannot be a trigger" in out.notes[0]
+    # a trigger token chosen by the user: the repo's is still kept, and the pull says so
+    seed_sd_concepts(
+        hub, "sd-concepts-library/prince-2", emb_factory("sd1", 2, 34), token="<Le Petit>"
+    )
+    out = hubmod.pull(lib, "sd-concepts-library/prince-2", trigger_token="<prince-2>")
+    assert lib.get(out.name).token == "<prince-2>"
+    assert lib.get(out.name).extra["token_in_file"] == "<Le Petit>"
+    assert out.notes == ["--token replaced the repo's token '<Le Petit>'"]
+    hub.commit(
+        "someone/stars",
+        {
+            "learned_embeds.safetensors": safetensors_bytes(
+                {"_*_": emb_factory("sd1", 1, 31).vectors["clip_l"]}
+            )
+        },
+    )
+    lib.close()
+    res = CliRunner().invoke(cli, ["pull", "someone/stars"])
+    assert res.exit_code == 0, res.output
+    assert "the token in the file cannot be a trigger (invalid token '_*_'" in res.output
+    res = CliRunner().invoke(cli, ["show", "stars", "--json"])
+    shown = json.loads(res.output)
+    assert shown["token"] == "stars" and shown["extra"]["token_in_file"] == "_*_"
+
+
+@pytest.mark.parametrize("multi_first", [True, False])
+def test_bulk_pull_keeps_the_expansion_rule_in_either_order(hub, lib, emb_factory, multi_first):
+    """``gs-999`` (3 vectors) and ``gs-999_2`` in one bulk pull: the second one registered
+    is refused, as two separate pulls refuse it (diffusers expands gs-999 to gs-999_2)."""
+    multi, single = ("a-org", "b-org") if multi_first else ("b-org", "a-org")
+    seed_sd_concepts(hub, f"{multi}/gs-999", emb_factory("sd1", 3, 32), token="<gs-999>")
+    seed_sd_concepts(hub, f"{single}/gs-999_2", emb_factory("sd1", 1, 33), token="<gs-999_2>")
+    report = hubmod.pull_many(lib, search="gs-999", concurrency=1)
+    by = {o.repo_id: o for o in report.outcomes}
+    first, second = (f"{multi}/gs-999", f"{single}/gs-999_2")[:: 1 if multi_first else -1]
+    assert by[first].status == "pulled"
+    assert by[second].status == "failed" and by[second].code == "name_collision"
+    assert "diffusers loads" in by[second].error
+    assert [e.name for e in lib.list()] == [first.split("/")[1]]
+
+
+@pytest.mark.parametrize("multi_first", [True, False])
+def test_library_pull_keeps_the_expansion_rule_in_either_order(
+    other_library, hub, lib, emb_factory, multi_first
+):
+    """A library repo holding ``gs-999`` (3 vectors) and ``gs-999_2`` (made by two
+    machines): one pull registers the first in order and refuses the other."""
+    from conceptlib.schemas.manifest import LibraryIndex
+
+    multi = other_library("machine-multi")
+    multi.add_embedding(emb_factory("sd1", 3, 60), name="gs-999")
+    single = other_library("machine-single")
+    single.add_embedding(emb_factory("sd1", 1, 61), name="gs-999_2")
+    files: dict[str, bytes] = {}
+    entries = []
+    for source in (multi, single) if multi_first else (single, multi):
+        index, part = hubmod.library_repo_files(
+            source, source.list(), repo_id="team/mixed", selection={}
+        )
+        files.update({k: v for k, v in part.items() if k.startswith("concepts/")})
+        entries += index.concepts
+    index = LibraryIndex(name="team/mixed", selection={}, concepts=entries)
+    files["library.json"] = index.to_json_bytes()
+    hub.commit("team/mixed", files)
+    target = other_library("machine-b")
+    report = hubmod.pull_library(target, "team/mixed", concurrency=1)
+    by = {o.name: o for o in report.outcomes}
+    kept, refused = ("gs-999", "gs-999_2") if multi_first else ("gs-999_2", "gs-999")
+    assert by[kept].status == "pulled"
+    assert by[refused].status == "failed" and by[refused].code == "name_collision"
+    assert [e.name for e in target.list()] == [kept]

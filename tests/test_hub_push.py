@@ -245,3 +245,40 @@ def test_diffusers_load_textual_inversion_reads_a_pushed_repo(
     ids = pipe.tokenizer.convert_tokens_to_ids(["<cat-toy>", "<cat-toy>_1"])
     rows = pipe.text_encoder.get_input_embeddings().weight[ids].detach().numpy()
     assert np.allclose(rows, emb.vectors["clip_l"])
+
+
+@pytest.mark.timeout(180)
+def test_mixed_case_token_is_pushed_in_the_tokenizers_form(
+    hub, lib, emb_factory, tiny_cache, tmp_path
+):
+    """learned_embeds key, token_identifier.txt and the card's snippet carry the token as
+    CLIP's tokenizer sees the prompt; concept.json and the catalog keep it as typed; and
+    diffusers' load_textual_inversion on the repo then uses all 3 vectors."""
+    import numpy as np
+    from huggingface_hub import snapshot_download
+
+    from conceptlib.models.tiny import load_tiny
+    from conceptlib.registry.formats.safetensors_io import read_safetensors
+
+    emb = emb_factory("sd1", 3, 22)
+    lib.add_embedding(emb, name="BadHandV4", token="BadHandV4", kind="negative")
+    hubmod.push(lib, "BadHandV4", repo_id="alice/badhand")
+    files = hub.files("alice/badhand")
+    assert files["token_identifier.txt"] == b"badhandv4"
+    tensors, _ = read_safetensors(files["learned_embeds.safetensors"])
+    assert list(tensors) == ["badhandv4"]
+    assert json.loads(files["concept.json"])["token"] == "BadHandV4"
+    assert 'negative_prompt="badhandv4"' in files["README.md"].decode()
+    folder = snapshot_download("alice/badhand", endpoint=hub.url, cache_dir=str(tmp_path / "c"))
+    pipe = load_tiny("tiny-sd1", cache_dir=tiny_cache)
+    pipe.load_textual_inversion(folder)
+    text = pipe.maybe_convert_prompt("a hand, badhandv4", pipe.tokenizer)
+    ids = pipe.tokenizer(text).input_ids
+    added = pipe.tokenizer.convert_tokens_to_ids(["badhandv4", "badhandv4_1", "badhandv4_2"])
+    assert [i for i in ids if i in added] == added
+    rows = pipe.text_encoder.get_input_embeddings().weight[added].detach().numpy()
+    assert np.allclose(rows, emb.vectors["clip_l"])
+    # pulled back, the catalog has the token as typed
+    lib.remove("BadHandV4")
+    hubmod.pull(lib, "alice/badhand")
+    assert lib.get("BadHandV4").token == "BadHandV4"

@@ -425,10 +425,19 @@ def test_export_round_trips_in_every_format(tmp_path, lib, runner, emb_factory):
         assert parsed.embedding.tensor_sha256 == want.tensor_sha256, (name, fmt)
     res = runner.invoke(cli, ["export", "one", "--format", "sdxl", "-o", str(tmp_path / "no")])
     assert res.exit_code == 2 and "sdxl" in res.output.lower()
+    # the same bytes again: not an error; other bytes there: refused, exit 5, untouched
+    target = tmp_path / "st" / "one.safetensors"
+    before = target.stat().st_mtime_ns
     res = runner.invoke(
         cli, ["export", "one", "--format", "safetensors", "-o", str(tmp_path / "st")]
     )
-    assert res.exit_code == 2 and "already exists" in res.output
+    assert res.exit_code == 0 and target.stat().st_mtime_ns == before
+    target.write_bytes(b"something else")
+    res = runner.invoke(
+        cli, ["export", "one", "--format", "safetensors", "-o", str(tmp_path / "st")]
+    )
+    assert res.exit_code == 5 and "already exists with other contents" in res.output
+    assert target.read_bytes() == b"something else"
 
 
 def test_import_progress_callback_counts_every_file(tmp_path, lib):

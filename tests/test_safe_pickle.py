@@ -29,6 +29,7 @@ from fixtures_formats import (
     make_emb_params_pt,
     make_legacy_tar_pt,
     make_module_pt,
+    make_paper_pt,
     malicious_pickle,
     rand_vectors,
     tensor_pickle,
@@ -39,7 +40,13 @@ from fixtures_formats import (
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conceptlib.errors import CorruptFile, FileTooLarge, UnsafeFile, UnsupportedContent
+from conceptlib.errors import (
+    BadTensor,
+    CorruptFile,
+    FileTooLarge,
+    UnsafeFile,
+    UnsupportedContent,
+)
 from conceptlib.registry.formats import read_embedding_bytes, read_embedding_file, safe_pickle
 from conceptlib.registry.formats.safe_pickle import (
     ALLOWED_GLOBALS,
@@ -430,6 +437,7 @@ def test_allow_list_is_exactly_what_torch_writes_for_embeddings() -> None:
         make_emb_params_pt(vec, dtype=torch.bfloat16),
         make_emb_params_pt(vec, dtype=torch.float64),
         make_emb_params_pt(vec, legacy=True),
+        make_paper_pt(vec),  # the Textual Inversion paper's int64 token ids
     ]
     param = torch.nn.Parameter(torch.zeros(1, 768))
     param.extra_attr = 1  # Parameter with Python state
@@ -478,8 +486,12 @@ def test_module_and_custom_objects() -> None:
         safe_torch_load(make_module_pt(), path="m.pt")
     with pytest.raises(UnsafeFile, match=r"fixtures_formats\.CustomThing"):
         safe_torch_load(make_custom_object_pt(), path="c.pt")
-    with pytest.raises(UnsupportedContent, match="LongStorage"):
-        safe_torch_load(torch_bytes({"ids": torch.arange(4)}))
+    # int64 tensors load as data (token ids); other integer types are not embedding data
+    with pytest.raises(UnsupportedContent, match="IntStorage"):
+        safe_torch_load(torch_bytes({"ids": torch.arange(4, dtype=torch.int32)}))
+    assert safe_torch_load(torch_bytes({"ids": torch.arange(4)}))["ids"].tolist() == [0, 1, 2, 3]
+    with pytest.raises(BadTensor, match="dtype int64; expected a float tensor"):
+        read_embedding_bytes(torch_bytes({"ids": torch.arange(4)}), path="ids.pt")
     with pytest.raises(UnsupportedContent, match="float32"):
         safe_torch_load(torch_bytes({"dtype": torch.float32}))
 

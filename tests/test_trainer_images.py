@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image, PngImagePlugin
 
-from conceptlib.errors import ImageError, UsageError
+from conceptlib.errors import ImageError, NotFound, UsageError
 from conceptlib.trainer.images import (
     load_training_images,
     open_image,
@@ -206,5 +206,56 @@ def test_templates(tmp_path):
     f.write_text("no placeholder here\n")
     with pytest.raises(UsageError, match="exactly one"):
         load_templates(f)
-    with pytest.raises(UsageError):
+    with pytest.raises(NotFound, match="does not exist"):
         load_templates(tmp_path / "missing.txt")
+
+
+@pytest.mark.parametrize(
+    ("line", "why"),
+    [
+        ("a photo of a {} on a {table}", "named field"),
+        ("a {} next to a {}", "2 '{}' fields"),
+        ("a {} and {0}", "named field"),
+        ("a {} on a {", "unmatched"),
+        ("a {!r} photo", "plain '{}'"),
+    ],
+)
+def test_a_template_that_would_fail_at_the_first_step_fails_when_read(tmp_path, line, why):
+    """Before, ``a photo of a {} on a {table}`` passed (one ``{}``) and the run died with a
+    KeyError after the base model had loaded."""
+    f = tmp_path / "t.txt"
+    f.write_text(f"a drawing of {{}}\n{line}\n")
+    with pytest.raises(UsageError, match=why) as err:
+        load_templates(f)
+    assert ":2:" in err.value.message
+    assert line not in err.value.message  # the file's text is not echoed back
+
+
+def test_an_oversized_templates_file_is_refused_before_it_is_read_whole(tmp_path):
+    from conceptlib.trainer.templates import MAX_TEMPLATES_BYTES
+
+    f = tmp_path / "huge.txt"
+    with f.open("wb") as fh:
+        fh.truncate(MAX_TEMPLATES_BYTES * 64)  # sparse: cheap on disk
+    with pytest.raises(UsageError, match="over 1024 KiB"):
+        load_templates(f)
+
+
+def test_train_refuses_bad_templates_before_loading_the_base_model(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    import conceptlib.models.base as base_mod
+    from conceptlib.cli.main import cli
+
+    monkeypatch.setattr(base_mod, "load_base", lambda *a, **k: pytest.fail("model loaded"))
+    images = tmp_path / "imgs"
+    images.mkdir()
+    bad = tmp_path / "t.txt"
+    bad.write_text("a {} on a {table}\n")
+    args = ["train", str(images), "--name", "tmpl-check", "--init", "toy", "--base", "tiny-sd1"]
+    result = CliRunner().invoke(cli, [*args, "--templates", str(bad), "--device", "cpu"])
+    assert result.exit_code == 2, result.output
+    assert "named field" in result.output
+    result = CliRunner().invoke(cli, [*args, "--templates", str(tmp_path / "nope.txt")])
+    assert result.exit_code == 6, result.output
+    assert "does not exist" in result.output

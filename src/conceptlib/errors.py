@@ -219,6 +219,16 @@ class UsageError(ConceptlibError):
     code = "usage"
 
 
+class AmbiguousHandle(UsageError):
+    """A hash prefix (``show 3fa9c1d2``) that starts the hashes of several entries."""
+
+    code = "ambiguous_handle"
+
+    def __init__(self, message: str, *, candidates: Sequence[str] = (), **facts: Any) -> None:
+        super().__init__(message, candidates=list(candidates), **facts)
+        self.candidates = list(candidates)
+
+
 class ImageError(ConceptlibError):
     """A training or preview image that cannot be used."""
 
@@ -230,6 +240,19 @@ class ImageError(ConceptlibError):
             message = f"{path}: {message}"
         super().__init__(message, path=path, **facts)
         self.path = path
+
+
+class ImageNotFound(NotFound, ImageError):
+    """A training-image path (file or folder) that does not exist: exit 6, not found."""
+
+    code = "image_not_found"
+
+
+class DeviceUnavailable(UsageError):
+    """A ``--device`` / ``device=`` this machine cannot use: a typo, CUDA on a CPU-only
+    PyTorch, ``cuda:N`` past the device count, or ``mps`` without Apple silicon."""
+
+    code = "device_unavailable"
 
 
 # --------------------------------------------------------------------------- training

@@ -138,9 +138,18 @@ class Reader:
         infos = self._infos(rows, details=True)
         return infos[0] if infos else None
 
-    def resolve(self, handle: str) -> EmbeddingInfo | None:
+    def resolve(self, handle: str, *, hashes: bool = False) -> EmbeddingInfo | None:
         """What a prompt or a command names: by name, then by trigger token, each with
-        and without diffusers-style brackets (keys normalized as the catalog does)."""
+        and without diffusers-style brackets (keys normalized as the catalog does).
+
+        With ``hashes``, a handle of 8 to 64 hex digits that names no entry is then
+        looked up as a hash (:meth:`by_hash`): the tensor SHA-256, the file SHA-256, or
+        a prefix of either, which covers A1111's short hash (12 hex) and Civitai's
+        AutoV2 (10 hex, upper case).
+
+        Raises:
+            AmbiguousHandle: the hex prefix starts the hashes of several entries.
+        """
         from conceptlib.schemas.names import name_key, strip_brackets
 
         inner = strip_brackets(handle)
@@ -154,7 +163,51 @@ class Reader:
             info = self.by_key(column, key)
             if info is not None:
                 return info
+        if hashes and is_hash_prefix(handle):
+            found = self.by_hash(handle)
+            if len(found) > 1:
+                from conceptlib.errors import AmbiguousHandle
+
+                n = max(16, len(handle.strip()) + 4)
+                shown = [f"{e.name} ({what} sha256 {sha[:n]}...)" for e, what, sha in found]
+                raise AmbiguousHandle(
+                    f"{handle.strip()!r} starts the hashes of {len(found)} embeddings: "
+                    + ", ".join(shown[:10])
+                    + (f" and {len(shown) - 10} more" if len(shown) > 10 else ""),
+                    hint="give more hex digits, or the name",
+                    candidates=[e.name for e, _, _ in found],
+                )
+            if found:
+                return self.by_key("name_key", name_key(found[0][0].name))
         return None
+
+    def by_hash(self, prefix: str) -> list[tuple[EmbeddingInfo, str, str]]:
+        """Entries whose tensor or file SHA-256 starts with ``prefix`` (8 to 64 hex digits,
+        any case), each as ``(info, "tensor" | "file", the matching hash)``, tensor matches
+        first, at most 101. Both columns are indexed; a prefix is a range scan on each.
+
+        A1111's short hash is the first 12 hex digits of the file's SHA-256, Civitai's
+        AutoV2 the first 10 in upper case (see :class:`EmbeddingInfo`), so both are
+        file prefixes.
+        """
+        low = prefix.strip().lower()
+        if not is_hash_prefix(low):
+            return []
+        cols = ", ".join(f"e.{c}" for c in EMBEDDING_COLUMNS)
+        out: list[tuple[EmbeddingInfo, str, str]] = []
+        seen: set[int | None] = set()
+        for column, what in (("tensor_sha256", "tensor"), ("file_sha256", "file")):
+            # Lower-case hex sorts below "g": [low, low + "g") is exactly the prefix.
+            rows = self._exec(
+                f"SELECT {cols} FROM embedding e WHERE e.{column} >= ? AND e.{column} < ? "
+                "ORDER BY e.name_key LIMIT 101",
+                [low, low + "g"],
+            )
+            for info in self._infos(rows):
+                if info.id not in seen:
+                    seen.add(info.id)
+                    out.append((info, what, getattr(info, column)))
+        return out
 
     def suggest(self, name: str, n: int = 3) -> list[str]:
         """Names and tokens close to ``name``, for "did you mean" hints."""
@@ -291,6 +344,16 @@ class Reader:
                 ):
                     by_id[row[0]].syncs.append(SyncInfo(*row[1:]))
         return infos
+
+
+#: Hex digits a hash handle needs at least (fewer would match too much by chance).
+MIN_HASH_PREFIX = 8
+
+
+def is_hash_prefix(text: str) -> bool:
+    """True for 8 to 64 hex digits (either case): what :meth:`Reader.by_hash` looks up."""
+    t = text.strip()
+    return MIN_HASH_PREFIX <= len(t) <= 64 and all(c in "0123456789abcdefABCDEF" for c in t)
 
 
 def normalize_tag(tag: str) -> str:

@@ -42,7 +42,7 @@ def list_cmd(limit: int | None, as_json: bool) -> None:
 
 
 @click.command("search")
-@click.argument("query", required=False)
+@click.argument("query", nargs=-1)
 @click.option("--tag", "tags", multiple=True, help="Require this tag (repeatable).")
 @click.option("--family", type=click.Choice(FAMILIES), help="Only this base-model family.")
 @click.option("--kind", type=click.Choice(KINDS), help="Only this kind.")
@@ -58,7 +58,7 @@ def list_cmd(limit: int | None, as_json: bool) -> None:
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Show at most N entries.")
 @json_option
 def search_cmd(
-    query: str | None,
+    query: tuple[str, ...],
     tags: tuple[str, ...],
     family: str | None,
     kind: str | None,
@@ -69,18 +69,20 @@ def search_cmd(
     as_json: bool,
 ) -> None:
     """Find embeddings. QUERY matches name, token, description and tags (every word, as a
-    prefix); the options filter further and combine with AND.
+    prefix; quoting several words is optional); the options filter further and combine
+    with AND.
 
     \b
     Examples:
       conceptlib search watercolor
+      conceptlib search plush cat          # entries matching both words
       conceptlib search --tag style --family sdxl
       conceptlib search --kind negative --compatible-with sdxl --json
     """
     from conceptlib.catalog.query import SearchQuery, normalize_tag
 
     q = SearchQuery(
-        text=query,
+        text=" ".join(query) or None,
         tags=[normalize_tag(t) for t in tags],
         family=family,
         kind=kind,
@@ -100,20 +102,26 @@ def search_cmd(
 def show_cmd(name: str, as_json: bool) -> None:
     """Show everything known about one embedding: hashes, provenance, previews, training.
 
-    NAME is the embedding's name or its trigger token.
+    NAME is the embedding's name or its trigger token, or a hash: its tensor SHA-256,
+    its file SHA-256, or a prefix of either of at least 8 hex digits, such as the
+    A1111 short hash (12 hex) or the Civitai AutoV2 (10 hex, either case). A prefix
+    shared by several entries is refused with the list of them.
 
     \b
     Examples:
       conceptlib show cat-toy
       conceptlib show "<cat-toy>" --json
+      conceptlib show 3fa9c1d2e4b5        # A1111 short hash, AutoV2 or any SHA-256 prefix
     """
+    from conceptlib.catalog.query import is_hash_prefix
     from conceptlib.config import load_settings
     from conceptlib.errors import NotFound
 
     with open_reader() as r:
-        info = r.resolve(name)
+        info = r.resolve(name, hashes=True)
         if info is None:
-            raise NotFound(f"no embedding named {name!r}", suggestions=r.suggest(name))
+            what = "named or hashed" if is_hash_prefix(name) else "named"
+            raise NotFound(f"no embedding {what} {name!r}", suggestions=r.suggest(name))
     store = load_settings().store_dir
     if as_json:
         d = info.to_dict()

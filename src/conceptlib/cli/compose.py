@@ -37,7 +37,13 @@ UI_FORMATS = ["a1111", "comfyui", "invokeai", "diffusers"]
 )
 @click.option("--width", default=None, type=int, help="Image width (default: the model's).")
 @click.option("--height", default=None, type=int, help="Image height (default: the model's).")
-@click.option("--device", default="auto", show_default=True, help="cpu, cuda or auto.")
+@click.option(
+    "--device",
+    default="auto",
+    show_default=True,
+    help="cpu, cuda, cuda:N, mps or auto; one this machine cannot use is refused at once "
+    "with the available ones. Example: --device cuda:1.",
+)
 @click.option("--strict", is_flag=True, help="Refuse SD 1.x embeddings on SDXL (else: warn).")
 @click.option("--dry-run", is_flag=True, help="Check and show the expanded prompts; load no model.")
 @click.option(
@@ -200,7 +206,7 @@ def blend_cmd(
     \b
     Examples:
       conceptlib blend catdog cat-toy:0.5 dog-toy:0.5
-      conceptlib blend soft-ink watercolor-wash:0.7 ukiyoe-print:0.3 --resample nearest
+      conceptlib blend soft-ink demo-watercolor:0.7 demo-woodblock:0.3 --resample nearest
       conceptlib blend mix a b c
     """
     from conceptlib.compose.blend import blend, parse_parents

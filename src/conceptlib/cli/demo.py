@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from conceptlib.cli.common import console, echo_err, json_option, open_library, print_json, progress
+
+if TYPE_CHECKING:
+    from conceptlib.registry.library import Library
+    from conceptlib.schemas.records import EmbeddingInfo
 
 
 @click.command("demo")
@@ -35,6 +39,11 @@ def demo_cmd(
        tiny-sd1 model, register it, find it with search, and write its loss
        curve (loss.png) and sample grid (samples.png).
 
+    Every name it registers starts with demo- (no real concept is named like
+    that). Run again, it adds nothing: the samples are already present and the
+    trained demo-toy is reported, not trained again (`conceptlib rm demo-toy`
+    first to train it anew).
+
     \b
     Example:
       conceptlib demo
@@ -60,8 +69,20 @@ def demo_cmd(
             "search_watercolor": [e.name for e in lib.search("watercolor")],
             "tag_style": [e.name for e in lib.search(tags=["style"])],
         }
-        if not no_train:
+        existing = None if no_train else _existing_demo(lib)
+        if existing is not None:
+            result["train"] = _reused(lib, existing)
+        elif not no_train:
+            from conceptlib.trainer.checkpoint import CHECKPOINT_NAME
             from conceptlib.trainer.demo import DEMO_STEPS, run_demo
+
+            # An interrupted earlier demo leaves its checkpoint; the demo has no --resume
+            # (train's hint would name it), so it starts over.
+            stale = folder / "training" / "run" / CHECKPOINT_NAME
+            if stale.is_file():
+                stale.unlink()
+                if show:
+                    echo_err("note: an earlier demo was interrupted; training starts over")
 
             with progress("training demo-toy on tiny-sd1", quiet=not show) as bar:
 
@@ -79,25 +100,66 @@ def demo_cmd(
     if as_json:
         print_json(result)
         return
+    from rich.markup import escape
+
     from conceptlib.cli.render import embeddings_table
 
     c = console()
     imp = result["import"]
     c.print(
-        f"[bold]1.[/bold] wrote {len(imp['files'])} sample embeddings to {imp['folder']}; "
-        f"imported {imp['imported']}, already present {imp['present']}, "
-        f"rejected {imp['rejected']}"
+        f"[bold]1.[/bold] wrote {len(imp['files'])} sample embeddings to "
+        f"{escape(imp['folder'])}; imported {imp['imported']}, already present "
+        f"{imp['present']}, rejected {imp['rejected']}"
     )
     with open_library() as lib:
         c.print(embeddings_table(lib.search(tags=["style"]), title="search --tag style"))
     if "train" in result:
         t = result["train"]
-        c.print(
-            f"[bold]2.[/bold] trained [bold]{t['name']}[/bold] on {len(t['images'])} images with "
-            f"{t['base_model']}: {t['steps']} steps in {t['wall_time_s']:.1f} s on {t['device']}, "
-            f"loss {t['first_loss']:.4f} -> {t['final_loss']:.4f}"
-        )
+        if t.get("reused"):
+            loss = f", final loss {t['final_loss']:.4f}" if t["final_loss"] is not None else ""
+            c.print(
+                f"[bold]2.[/bold] [bold]{t['name']}[/bold] is already in the catalog (trained "
+                f"{t['created_at'] or '?'}, {t['steps']} steps{loss}): not trained again; "
+                f"`conceptlib rm {t['name']}` first to train it anew"
+            )
+        else:
+            c.print(
+                f"[bold]2.[/bold] trained [bold]{t['name']}[/bold] on {len(t['images'])} images "
+                f"with {t['base_model']}: {t['steps']} steps in {t['wall_time_s']:.1f} s on "
+                f"{t['device']}, loss {t['first_loss']:.4f} -> {t['final_loss']:.4f}"
+            )
         c.print(f"   search {t['search']['query']!r} finds: {', '.join(t['search']['found'])}")
-        c.print(f"   loss curve: {t['loss_curve']}")
-        c.print(f"   sample grid: {t['sample_grid']}")
+        c.print(f"   loss curve: {escape(str(t['loss_curve']))}")
+        c.print(f"   sample grid: {escape(str(t['sample_grid']))}")
         c.print(f"next: conceptlib show {t['name']}  |  conceptlib search --tag demo")
+
+
+def _existing_demo(lib: Library) -> EmbeddingInfo | None:
+    """The concept an earlier demo trained (``demo-toy``, or ``demo-toy-N`` when the name
+    was taken), found by its tag and source, with its training run."""
+    import re
+
+    from conceptlib.trainer.demo import DEMO_NAME
+
+    for info in lib.search(tags=["demo"], source="trained"):
+        if re.fullmatch(rf"{re.escape(DEMO_NAME)}(-\d+)?", info.name):
+            return lib.get(info.name)
+    return None
+
+
+def _reused(lib: Library, info: EmbeddingInfo) -> dict[str, Any]:
+    """What the demo reports for a concept it trained on an earlier run (JSON-safe)."""
+    run = info.training_runs[-1] if info.training_runs else None
+    paths = {p.role: str(lib.preview_path(info, p.filename)) for p in info.previews}
+    return {
+        "name": info.name,
+        "reused": True,
+        "created_at": info.created_at,
+        "base_model": info.base_model,
+        "steps": run.steps if run else None,
+        "final_loss": run.final_loss if run else None,
+        "search": {"query": info.name, "found": [e.name for e in lib.search(info.name)]},
+        "loss_curve": paths.get("loss_curve"),
+        "sample_grid": paths.get("grid"),
+        "tensor_sha256": info.tensor_sha256,
+    }

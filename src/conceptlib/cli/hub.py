@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from conceptlib.cli.common import console, json_option, open_library, print_json, progress, short
+from conceptlib.cli.render import printable
 from conceptlib.errors import UsageError
 
 if TYPE_CHECKING:
@@ -108,6 +109,13 @@ def _render_push(result: PushResult, as_json: bool) -> None:
 @click.argument("repo", required=False, metavar="[REPO[@REVISION]]")
 @click.option("--file", "filename", help="The embedding file to take, when the repo has several.")
 @click.option("--name", help="Register under this name (single repo).")
+@click.option(
+    "--token",
+    "trigger_token",
+    metavar="TOKEN",
+    help="Register with this trigger token instead of the repo's (single repo), e.g. "
+    "--token '<my-cat>'. The Hub access token comes from HF_TOKEN, never from here.",
+)
 @click.option("--author", help="Bulk: every repo of this user or org.")
 @click.option("--search", help="Bulk: repos whose id contains this text.")
 @click.option("--tag", "tags", multiple=True, help="Bulk: repos with this tag (repeatable).")
@@ -123,6 +131,7 @@ def pull_cmd(
     repo: str | None,
     filename: str | None,
     name: str | None,
+    trigger_token: str | None,
     author: str | None,
     search: str | None,
     tags: tuple[str, ...],
@@ -144,6 +153,7 @@ def pull_cmd(
     Examples:
       conceptlib pull sd-concepts-library/cat-toy
       conceptlib pull sd-concepts-library/cat-toy@main --name my-cat
+      conceptlib pull sd-concepts-library/cat-toy --name my-cat --token "<my-cat>"
       conceptlib pull some-user/negatives --file EasyNegative.safetensors
       conceptlib pull --author sd-concepts-library --search cat --limit 20
       conceptlib pull --library my-org/styles
@@ -157,12 +167,12 @@ def pull_cmd(
             "pull takes one of: REPO, --library NS/NAME, or --author/--search/--tag",
             hint="for example: conceptlib pull sd-concepts-library/cat-toy",
         )
-    if (filename or name) and not repo:
-        raise UsageError("--file and --name apply to a single REPO")
+    if (filename or name or trigger_token) and not repo:
+        raise UsageError("--file, --name and --token apply to a single REPO")
     lib = open_library()
     try:
         if repo:
-            outcome = hub.pull(lib, repo, filename=filename, name=name)
+            outcome = hub.pull(lib, repo, filename=filename, name=name, trigger_token=trigger_token)
             _render_outcome(outcome, as_json)
             return
         with progress("Pulling", quiet=as_json) as bar:
@@ -200,6 +210,8 @@ def _render_outcome(o: PullOutcome, as_json: bool) -> None:
         )
     else:
         click.echo(f"pulled {o.name} from {o.source_ref} ({o.layout})")
+    for note in o.notes:  # how the name or token differs from the repo's (untrusted parts repr'd)
+        click.echo(f"  {note}")
 
 
 _STYLE = {"pulled": "green", "new-version": "cyan", "present": "dim", "failed": "red"}
@@ -220,11 +232,11 @@ def _render_report(report: PullReport, as_json: bool) -> None:
     for o in report.outcomes:
         detail: Any = o.error or (f"previous kept as {o.previous}" if o.previous else "")
         table.add_row(
-            o.repo_id,
+            printable(o.repo_id),
             f"[{_STYLE.get(o.status, '')}]{o.status}[/]",
-            o.name or "",
+            printable(o.name or ""),
             str(o.version) if o.version else "",
-            detail,
+            "\n".join(printable(t) for t in [detail, *o.notes] if t),
         )
     console().print(table)
 

@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from conceptlib import __version__
-from conceptlib.errors import ConceptlibError
+from conceptlib.errors import ConceptlibError, NameCollision
 
 #: command name -> (module:attribute, one-line help shown by ``--help``)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -28,7 +28,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "search": ("conceptlib.cli.browse:search_cmd", "Find embeddings by text, tag, family..."),
     "show": ("conceptlib.cli.browse:show_cmd", "Show everything known about one embedding."),
     "tag": ("conceptlib.cli.manage:tag_cmd", "Add or remove tags."),
-    "rename": ("conceptlib.cli.manage:rename_cmd", "Rename an embedding."),
+    "edit": (
+        "conceptlib.cli.manage:edit_cmd",
+        "Change kind, description, trigger token or words, base model.",
+    ),
+    "rename": ("conceptlib.cli.manage:rename_cmd", "Rename an embedding (and its token)."),
     "rm": ("conceptlib.cli.manage:rm_cmd", "Remove an embedding from the catalog."),
     "export": ("conceptlib.cli.manage:export_cmd", "Write an embedding for a UI or diffusers."),
     "verify": ("conceptlib.cli.manage:verify_cmd", "Check every blob and the database."),
@@ -47,17 +51,63 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 
 class UserError(click.ClickException):
-    """A :class:`ConceptlibError` on its way out: one line, a hint, its own exit code."""
+    """A :class:`ConceptlibError` on its way out: one line, a hint, its own exit code.
 
-    def __init__(self, error: ConceptlibError) -> None:
+    ``command`` is the command that raised it: a name or token collision's hint then
+    names the option of that command which sets the name or token.
+    """
+
+    def __init__(self, error: ConceptlibError, command: click.Command | None = None) -> None:
         super().__init__(error.message)
         self.error = error
         self.exit_code = error.exit_code
+        self.hint = command_hint(error, command)
 
     def show(self, file: Any = None) -> None:
         click.echo(f"error: {self.error.message}", err=True)
-        if self.error.hint:
-            click.echo(f"hint: {self.error.hint}", err=True)
+        if self.hint:
+            click.echo(f"hint: {self.hint}", err=True)
+
+
+def command_hint(error: ConceptlibError, command: click.Command | None) -> str | None:
+    """``error.hint``, completed with the option of ``command`` that acts on it.
+
+    Library code does not know which command called it, so its hints name no option;
+    an error may instead carry the ``option`` that fixes it (a :class:`NameCollision`
+    carries the ``field``, ``name`` or ``token``: ``--name`` / ``--token``). The hint
+    names it only when ``command`` has it (else a collision's hint names the NEW /
+    NEW_NAME argument of ``rename`` / ``blend``): a hint never names an option the
+    command lacks.
+    """
+    if command is None or not error.hint:
+        return error.hint
+    field = error.facts.get("field") if isinstance(error, NameCollision) else None
+    option = f"--{field}" if field in ("name", "token") else error.facts.get("option")
+    if not isinstance(option, str):
+        return error.hint
+    if any(option in p.opts for p in command.params if isinstance(p, click.Option)):
+        return f"{error.hint} with {option}"
+    new = [p for p in command.params if isinstance(p, click.Argument) and p.name in _NEW_ARGS]
+    if field == "name" and new:
+        return f"{error.hint}: give another {new[0].human_readable_name}"
+    return error.hint
+
+
+#: Arguments that name the entry a command creates or renames (``rename``, ``blend``).
+_NEW_ARGS = ("new", "new_name")
+
+
+def _set_debug(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if value:
+        ctx.ensure_object(dict)["debug"] = True
+
+
+def _printable(text: str, limit: int = 300) -> str:
+    """One line with control characters shown as escapes (an exception's text may
+    quote a file's bytes)."""
+    line = text.strip().splitlines()[0] if text.strip() else ""
+    out = "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in line)
+    return out if len(out) <= limit else out[: limit - 1] + "…"
 
 
 class LazyGroup(click.Group):
@@ -69,10 +119,23 @@ class LazyGroup(click.Group):
                 import traceback
 
                 traceback.print_exc()
-            raise UserError(exc) from exc
+            name = ctx.invoked_subcommand
+            raise UserError(exc, self.get_command(ctx, name) if name else None) from exc
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             ctx.exit(130)
+        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except Exception as exc:  # a bug: one line (the traceback with --debug), exit 1
+            if (ctx.obj or {}).get("debug"):
+                raise
+            click.echo(f"error: unexpected {type(exc).__name__}: {_printable(str(exc))}", err=True)
+            click.echo(
+                "hint: this is a bug in conceptlib; run the command again with --debug for "
+                "the traceback, and report it",
+                err=True,
+            )
+            ctx.exit(1)
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(COMMANDS)
@@ -82,7 +145,19 @@ class LazyGroup(click.Group):
         if target is None:
             return None
         module_name, attr = target[0].split(":")
-        return getattr(importlib.import_module(module_name), attr)
+        command: click.Command = getattr(importlib.import_module(module_name), attr)
+        if not any(p.name == "debug" for p in command.params):
+            # --debug after the command too (`conceptlib show x --debug`), for every command.
+            command.params.append(
+                click.Option(
+                    ["--debug"],
+                    is_flag=True,
+                    expose_value=False,
+                    callback=_set_debug,
+                    help="Show tracebacks for errors (same as conceptlib --debug COMMAND).",
+                )
+            )
+        return command
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         # Short help without importing every command module.
@@ -96,7 +171,11 @@ class LazyGroup(click.Group):
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )
 @click.version_option(__version__, prog_name="conceptlib")
-@click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
+@click.option(
+    "--debug",
+    is_flag=True,
+    help="Show tracebacks for errors (also accepted after the command: show x --debug).",
+)
 @click.pass_context
 def cli(ctx: click.Context, debug: bool) -> None:
     """conceptlib: a registry and library manager for textual-inversion embeddings.

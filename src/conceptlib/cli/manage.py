@@ -1,10 +1,11 @@
-"""``tag``, ``rename``, ``rm``, ``export``, ``verify`` and ``gc``."""
+"""``tag``, ``edit``, ``rename``, ``rm``, ``export``, ``verify`` and ``gc``."""
 
 from __future__ import annotations
 
 import click
 
 from conceptlib.cli.common import console, json_option, open_library, print_json, progress
+from conceptlib.registry.upkeep import GC_GRACE_S
 
 EXPORT_FORMATS = ["a1111-pt", "safetensors", "diffusers", "sdxl"]
 
@@ -34,19 +35,115 @@ def tag_cmd(name: str, add: tuple[str, ...], remove: tuple[str, ...], as_json: b
         click.echo(f"{info.name}: {', '.join(info.tags) or 'no tags'}")
 
 
+KINDS = ["object", "style", "negative", "other"]
+
+
+@click.command("edit")
+@click.argument("name")
+@click.option("--kind", type=click.Choice(KINDS), help="New kind, e.g. --kind style.")
+@click.option(
+    "--description",
+    metavar="TEXT",
+    help='New description ("" clears it), e.g. --description "a small plush cat toy".',
+)
+@click.option(
+    "--token",
+    metavar="TOKEN",
+    help="New trigger token (not an ordinary word, not used by another entry), "
+    "e.g. --token '<my-cat>'.",
+)
+@click.option(
+    "--trigger-words",
+    metavar='"A, B"',
+    help="Words typed with it in A1111 / Civitai prompts, comma-separated "
+    '("" clears them), e.g. --trigger-words "plush cat, toy".',
+)
+@click.option(
+    "--base-model",
+    metavar="MODEL",
+    help='Declared base model ("" clears it), e.g. --base-model "SD 1.5".',
+)
+@click.option(
+    "--license",
+    metavar="TEXT",
+    help='License ("" clears it), e.g. --license creativeml-openrail-m.',
+)
+@json_option
+def edit_cmd(
+    name: str,
+    kind: str | None,
+    description: str | None,
+    token: str | None,
+    trigger_words: str | None,
+    base_model: str | None,
+    license: str | None,
+    as_json: bool,
+) -> None:
+    """Change an embedding's kind, description, trigger token, trigger words, base model
+    or license, all in one transaction: a refused value changes nothing. Search finds
+    the new description at once.
+
+    \b
+    Examples:
+      conceptlib edit cat-toy --kind object --description "a small plush cat toy"
+      conceptlib edit cat-toy --token "<my-cat>" --trigger-words "plush cat, toy"
+      conceptlib edit easyneg --kind negative --base-model "SD 1.5" --json
+    """
+    from conceptlib.errors import UsageError
+
+    given = {
+        "kind": kind,
+        "description": description,
+        "token": token,
+        "trigger_words": trigger_words,
+        "base_model": base_model,
+        "license": license,
+    }
+    changed = [k for k, v in given.items() if v is not None]
+    if not changed:
+        raise UsageError(
+            "nothing to change: give --kind, --description, --token, --trigger-words, "
+            "--base-model or --license"
+        )
+    words = None if trigger_words is None else trigger_words.split(",")
+    with open_library() as lib:
+        info = lib.update(
+            name,
+            kind=kind,
+            description=description,
+            token=token,
+            trigger_words=words,
+            base_model=base_model,
+            license=license,
+        )
+    if as_json:
+        print_json(info.to_dict())
+    else:
+        fields = ", ".join(k.replace("_", " ") for k in changed)
+        click.echo(f"{info.name}: changed {fields} (token {info.token}, kind {info.kind})")
+
+
 @click.command("rename")
 @click.argument("old")
 @click.argument("new")
+@click.option(
+    "--token",
+    metavar="TOKEN",
+    help="Also set a new trigger token, e.g. --token '<my-cat>' "
+    "(default: a token equal to the old name follows the rename; any other is kept).",
+)
 @json_option
-def rename_cmd(old: str, new: str, as_json: bool) -> None:
-    """Rename an embedding. A trigger token equal to the old name follows the rename.
+def rename_cmd(old: str, new: str, token: str | None, as_json: bool) -> None:
+    """Rename an embedding. A trigger token equal to the old name follows the rename;
+    --token sets another one.
 
     \b
-    Example:
+    Examples:
       conceptlib rename cat_toy cat-toy
+      conceptlib rename cat-toy my-cat --token "<my-cat>"
     """
     with open_library() as lib:
-        info = lib.rename(old, new)
+        info = lib.rename(old, new, token=token)
     if as_json:
         print_json(info.to_dict())
     else:
@@ -86,10 +183,11 @@ UI_LAYOUTS = ["a1111", "comfyui", "invokeai", "diffusers"]
     "fmt",
     type=click.Choice(EXPORT_FORMATS + UI_LAYOUTS),
     default=None,
-    help="For NAME: a1111-pt (A1111 .pt), safetensors (emb_params; SDXL as clip_l/clip_g, read "
-    "by A1111, ComfyUI, InvokeAI), diffusers (learned_embeds.safetensors keyed by token) or sdxl "
-    "({clip_l, clip_g}); default safetensors. With --for-prompt: the UI layout a1111, comfyui, "
-    "invokeai or diffusers; default a1111.",
+    help="For NAME: a1111-pt (A1111 .pt; SD 1.x/2.x only), safetensors (emb_params; SDXL as "
+    "clip_l/clip_g, read by A1111, ComfyUI, InvokeAI), diffusers (NAME.safetensors keyed by the "
+    "token in lower case, as CLIP's tokenizer reads prompts; SDXL: NAME/learned_embeds*.safetensors) "
+    "or sdxl ({clip_l, clip_g}); default safetensors. With --for-prompt: the UI layout a1111, "
+    "comfyui, invokeai or diffusers; default a1111.",
 )
 @click.option(
     "-o",
@@ -106,8 +204,18 @@ UI_LAYOUTS = ["a1111", "comfyui", "invokeai", "diffusers"]
     help="Write exactly the embeddings this prompt names (<name>, <name:0.8>), in a UI's layout.",
 )
 @click.option("--negative", metavar="PROMPT", help="With --for-prompt: the negative prompt too.")
-@click.option("--pt", is_flag=True, help="With --for-prompt --format a1111: write .pt files.")
-@click.option("--overwrite", is_flag=True, help="Replace existing files.")
+@click.option(
+    "--pt",
+    is_flag=True,
+    help="With --for-prompt --format a1111: write .pt files (SD 1.x/2.x only: an SDXL "
+    "embedding is refused, as with --format a1111-pt).",
+)
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Replace existing files that differ (a file with the same bytes is left as it is; "
+    "without --overwrite a different one stops the export, exit 5).",
+)
 @json_option
 def export_cmd(
     name: str | None,
@@ -121,6 +229,9 @@ def export_cmd(
 ) -> None:
     """Write an embedding in a format a UI or diffusers reads, or every embedding a prompt
     needs (--for-prompt).
+
+    Exporting again onto files that hold the same bytes is not an error; files with other
+    contents are refused (exit 5, nothing written) unless --overwrite.
 
     \b
     Examples:
@@ -172,25 +283,36 @@ def verify_cmd(quiet: bool, as_json: bool) -> None:
     """Check every blob against its hash and the database's integrity.
 
     Exits 0 when everything is intact, 7 when a problem was found. Orphan blobs
-    (left by an interrupted import) are listed; `conceptlib gc` removes them.
+    (left by an interrupted import) are listed; `conceptlib gc` removes them, except
+    those younger than its grace period (60 s), which `conceptlib gc --grace 0`
+    removes when nothing else is running.
 
     \b
     Example:
       conceptlib verify
     """
+    from rich.markup import escape
+
+    from conceptlib.registry.upkeep import young_files
+
     with open_library() as lib, progress("verifying", quiet=quiet or as_json) as bar:
         report = lib.verify(on_progress=bar.update)
+        paths = {lib.store.path(s): s for s in report.orphan_blobs}
+        young = [paths[p] for p in young_files(list(paths), GC_GRACE_S)]
     if as_json:
-        print_json(report.to_dict())
+        print_json({**report.to_dict(), "orphan_blobs_in_grace": young})
     else:
         out = console()
         for p in report.problems:
-            out.print(f"[red]problem[/red] {p}")
+            out.print(f"[red]problem[/red] {escape(p)}")
         out.print(
             f"checked {report.checked_blobs} blobs; database {report.integrity}; "
             f"{len(report.problems)} problems; {len(report.orphan_blobs)} orphan blobs"
-            + (" (run `conceptlib gc`)" if report.orphan_blobs else "")
+            + (" (run `conceptlib gc`)" if report.orphan_blobs else ""),
+            markup=False,
         )
+        if young:
+            click.echo(f"note: {_grace_note(len(young), GC_GRACE_S)}", err=True)
     if not report.ok:
         raise SystemExit(7)
 
@@ -200,7 +322,7 @@ def verify_cmd(quiet: bool, as_json: bool) -> None:
 @click.option(
     "--grace",
     type=click.FloatRange(min=0),
-    default=60.0,
+    default=GC_GRACE_S,
     show_default=True,
     help="Spare files younger than this many seconds (an import running elsewhere writes "
     "its blobs just before committing their rows).",
@@ -218,7 +340,21 @@ def gc_cmd(dry_run: bool, grace: float, as_json: bool) -> None:
     with open_library() as lib:
         removed = lib.gc(dry_run=dry_run, grace_s=grace)
     if as_json:
-        print_json({"dry_run": dry_run, "removed": removed})
+        print_json(
+            {"dry_run": dry_run, "removed": removed, "spared": removed.spared, "grace_s": grace}
+        )
     else:
         verb = "would remove" if dry_run else "removed"
         click.echo(f"{verb} {len(removed)} orphan files")
+        if removed.spared:
+            click.echo(f"note: {_grace_note(len(removed.spared), grace)}", err=True)
+
+
+def _grace_note(n: int, grace: float) -> str:
+    """Why ``gc`` keeps young orphans, and how to remove them anyway."""
+    files = "file is" if n == 1 else "files are"
+    return (
+        f"{n} orphan {files} younger than the {grace:g} s grace period and kept (an import "
+        "running elsewhere may still be writing them); `conceptlib gc --grace 0` removes "
+        "them when nothing else is running"
+    )

@@ -20,15 +20,44 @@ def embeddings_table(infos: Sequence[EmbeddingInfo], title: str | None = None): 
     table.add_column("hash", style="dim", no_wrap=True)
     for e in infos:
         table.add_row(
-            e.name,
+            printable(e.name),
             e.kind,
             e.family,
             str(e.num_vectors),
             e.source,
-            ", ".join(e.tags),
+            printable(", ".join(e.tags)),
             e.a1111_hash,
         )
     return table
+
+
+def resume_changes_text(changes: object) -> str:
+    """A training run's ``resume_changes`` (``[{"step", "setting", "old", "new"}]``) as
+    ``"at step 40: lr 0.005 -> 0.0025; ..."``; empty when there are none."""
+    if not isinstance(changes, list):
+        return ""
+    return "; ".join(
+        f"at step {c.get('step')}: {c.get('setting')} {c.get('old')} -> {c.get('new')}"
+        for c in changes
+        if isinstance(c, dict)
+    )
+
+
+def printable(value: object) -> str:
+    """``value`` as text safe to print in rich markup: control, invisible and bidi
+    characters shown as escapes (``\\x1b``, ``\\u202e``), never sent to the terminal,
+    and markup brackets escaped. For text that came from files, sidecars or servers."""
+    import unicodedata
+
+    from rich.markup import escape
+
+    out = []
+    for ch in str(value):
+        if unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp"):
+            out.append(ascii(ch)[1:-1])
+        else:
+            out.append(ch)
+    return escape("".join(out))
 
 
 def detail_panel(e: EmbeddingInfo, store_path_of=None):  # noqa: ANN001, ANN201
@@ -41,10 +70,14 @@ def detail_panel(e: EmbeddingInfo, store_path_of=None):  # noqa: ANN001, ANN201
 
     def row(k: str, v: object) -> None:
         if v not in (None, "", [], {}):
-            t.add_row(k, str(v))
+            t.add_row(k, printable(v))
 
     row("name", e.name)
+    if e.extra.get("renamed_from"):
+        row("renamed from", f"{e.extra['renamed_from']} ({e.extra.get('rename_reason', '')})")
+    row("name in file", e.extra.get("name_in_file"))
     row("token", e.token)
+    row("token in file", e.extra.get("token_in_file"))
     row("kind", e.kind)
     row("family", e.family)
     row(
@@ -87,29 +120,44 @@ def detail_panel(e: EmbeddingInfo, store_path_of=None):  # noqa: ANN001, ANN201
         pt.add_column("role")
         pt.add_column("path", style="dim")
         for p in e.previews:
-            pt.add_row(
-                p.filename, p.role, str(store_path_of(p.sha256)) if store_path_of else p.sha256
-            )
+            where = store_path_of(p.sha256) if store_path_of else p.sha256
+            pt.add_row(printable(p.filename), printable(p.role), printable(where))
         parts.append(pt)
+    # Training runs and sync records may come from a pulled concept.json: every value
+    # goes through printable() like the rows above.
     for run in e.training_runs:
         rt = Table.grid(padding=(0, 2))
         rt.add_column(style="bold")
         rt.add_column()
-        rt.add_row("training run", f"#{run.id} ({run.status}, {run.created_at})")
-        rt.add_row("steps", str(run.steps))
+
+        def run_row(k: str, v: object, table: Table = rt) -> None:
+            table.add_row(k, printable(v))
+
+        run_row("training run", f"#{run.id} ({run.status}, {run.created_at})")
+        run_row("steps", run.steps)
         if run.final_loss is not None:
-            rt.add_row("final loss", f"{run.final_loss:.5f}")
+            run_row("final loss", f"{run.final_loss:.5f}")
         if run.wall_time_s is not None:
-            rt.add_row("wall time", f"{run.wall_time_s:.1f} s on {run.device}")
-        rt.add_row("base", f"{run.base_model} [{run.base_model_fingerprint}]")
-        rt.add_row("initializer", str(run.initializer))
-        rt.add_row("images", f"{run.training_image_count} ({run.training_images_hash})")
-        cfg = ", ".join(f"{k}={v}" for k, v in sorted(run.config.items()) if k not in ("images",))
-        rt.add_row("config", cfg)
+            run_row("wall time", f"{run.wall_time_s:.1f} s on {run.device}")
+        run_row("base", f"{run.base_model} [{run.base_model_fingerprint}]")
+        run_row("initializer", run.initializer)
+        run_row("images", f"{run.training_image_count} ({run.training_images_hash})")
+        changes = resume_changes_text(run.config.get("resume_changes"))
+        if changes:
+            run_row("changed on resume", changes)
+        cfg = ", ".join(
+            f"{k}={v}"
+            for k, v in sorted(run.config.items())
+            if k not in ("images", "resume_changes")
+        )
+        run_row("config", cfg)
         parts.append(rt)
-    for s in e.syncs:
+    for sync in e.syncs:
         parts.append(
-            f"[bold]hub[/bold] {s.direction} {s.repo_id}@{s.revision} "
-            f"commit {(s.commit_sha or '')[:12]} at {s.synced_at}"
+            "[bold]hub[/bold] "
+            + printable(
+                f"{sync.direction} {sync.repo_id}@{sync.revision} "
+                f"commit {(sync.commit_sha or '')[:12]} at {sync.synced_at}"
+            )
         )
     return Group(*parts)

@@ -376,7 +376,9 @@ def compose(
         strict: refuse SD 1.x embeddings on SDXL instead of warning.
         dry_run: stop after the checks; load no model and write nothing.
         width, height: image size (default: the model's native size).
-        device: ``cpu``, ``cuda`` or ``None``/``auto``.
+        device: ``cpu``, ``cuda``, ``cuda:N``, ``mps`` or ``None``/``auto``; checked by
+            :func:`~conceptlib.models.base.resolve_device` before the model loads
+            (ignored with ``dry_run`` or an already loaded ``base``).
         overwrite: replace existing output files.
 
     Raises:
@@ -385,6 +387,7 @@ def compose(
         ConflictingWeights: one prompt names an embedding with two weights.
         IncompatibleEmbedding, PartialCompatibility: families that do not fit.
         TokenBudgetExceeded: a prompt over CLIP's 75-token window (with what used it).
+        DeviceUnavailable: a device this machine cannot use (a ``UsageError``, exit 2).
         BaseModelError: a base model that cannot be loaded.
         UsageError: bad numbers, or output files that exist without ``overwrite``.
     """

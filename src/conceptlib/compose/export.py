@@ -4,12 +4,12 @@
 format     files written into ``out_dir``
 =========  ================================================================
 a1111      ``<name>.safetensors`` (``emb_params``; SDXL ``{clip_l, clip_g}``),
-           or ``<name>.pt`` with ``pt=True`` (SD 1.x/2.x only); the file
+           or ``<name>.pt`` with ``pt=True`` (SD 1.x/2.x only; SDXL is refused); the file
            name is the word A1111 matches in the prompt
 comfyui    ``<name>.safetensors`` (``models/embeddings``; prompt ``embedding:<name>``)
 invokeai   ``<name>.safetensors``, one file per embedding
 diffusers  ``<name>/learned_embeds.safetensors`` (+ ``_2`` for SDXL), keyed by the
-           trigger token, one folder per embedding
+           trigger token in its tokenizer form (lower case), one folder per embedding
 =========  ================================================================
 
 The prompt rendered for the same UI (:mod:`conceptlib.compose.formats`) names these
@@ -46,21 +46,42 @@ def needed_embeddings(
     return list(out.values())
 
 
-def _writer_format(ui: str, family: str, pt: bool) -> str:
+def writer_format(ui: str, family: str, pt: bool = False, *, what: str = "this embedding") -> str:
+    """The write format (:data:`~conceptlib.registry.formats.WRITE_FORMATS`) that UI
+    ``ui``'s layout uses for an entry of ``family``.
+
+    ``pt`` asks for A1111 ``.pt`` files: only with ``a1111``, and refused for SDXL by
+    the one rule of :func:`~conceptlib.registry.formats.write.check_writable`, with
+    the message ``export NAME --format a1111-pt`` gives too.
+
+    Raises:
+        UsageError: ``pt`` with another UI, or an SDXL entry as ``.pt``.
+    """
+    from conceptlib.registry.formats.write import check_writable
+
+    if pt and ui != "a1111":
+        raise UsageError(f"--pt writes A1111 .pt files: it goes with --format a1111, not {ui}")
     if ui == "diffusers":
-        return "diffusers"
-    if family == "sdxl":
-        return "sdxl"
-    return "a1111-pt" if (pt and ui == "a1111") else "safetensors"
+        fmt = "diffusers"
+    elif pt:
+        fmt = "a1111-pt"
+    else:
+        fmt = "sdxl" if family == "sdxl" else "safetensors"
+    check_writable(fmt, family, what=what)
+    return fmt
 
 
 def files_for(
     library: Library, info: EmbeddingInfo, fmt: str, *, pt: bool = False
 ) -> dict[str, bytes]:
-    """The files (relative path -> bytes) one entry needs in UI ``fmt``'s layout."""
+    """The files (relative path -> bytes) one entry needs in UI ``fmt``'s layout.
+
+    Raises:
+        UsageError: ``pt`` for an SDXL entry or with a UI other than ``a1111``.
+    """
     from conceptlib.registry.formats import write_embedding
 
-    writer = _writer_format(fmt, info.family, pt)
+    writer = writer_format(fmt, info.family, pt, what=repr(info.name))
     written = write_embedding(library.load(info), writer, name=info.name, token=info.token)
     if fmt == "diffusers":
         return {f"{info.name}/{Path(rel).name}": data for rel, data in written.items()}
@@ -89,29 +110,29 @@ def export_for_prompt(
         out_dir: the UI's embeddings folder (created if missing).
         negative: the negative prompt, whose embeddings are written too.
         overwrite: replace files that exist (otherwise refuse before writing any).
-        pt: for ``a1111``, write ``.pt`` files instead of ``.safetensors`` (SD 1.x/2.x).
+        pt: for ``a1111``, write ``.pt`` files instead of ``.safetensors`` (SD 1.x/2.x
+            only: an SDXL entry is refused, never silently written as ``.safetensors``).
 
     Returns:
         The paths written, one per file.
 
     Raises:
-        UsageError: an unknown format, or a file that exists without ``overwrite``.
+        UsageError: an unknown format; ``pt`` with another UI or for an SDXL entry
+            (the rule and message of ``export NAME --format a1111-pt``).
+        AlreadyExists: a file exists with other contents, without ``overwrite``
+            (a file holding the same bytes is left as it is). Nothing is written.
         UnknownEmbedding, PromptSyntaxError, ConflictingWeights: from the prompt.
     """
-    from conceptlib.registry.store import atomic_write
+    from conceptlib.registry.formats.write import place_files
 
     if fmt not in UI_FORMATS:
         raise UsageError(f"unknown format {fmt!r}; expected one of {', '.join(UI_FORMATS)}")
+    if pt and fmt != "a1111":
+        writer_format(fmt, "sd1", pt)  # refuses --pt with another UI, before any lookup
     infos = needed_embeddings(library, prompt, negative)
     out = Path(out_dir).expanduser()
     targets: dict[Path, bytes] = {}
     for info in infos:
         for rel, data in files_for(library, info, fmt, pt=pt).items():
             targets[out / rel] = data
-    if not overwrite:
-        clashes = [p for p in targets if p.exists()]
-        if clashes:
-            raise UsageError(f"{clashes[0]} already exists", hint="pass --overwrite to replace it")
-    for path, data in targets.items():
-        atomic_write(path, data)
-    return list(targets)
+    return place_files(targets, overwrite=overwrite)

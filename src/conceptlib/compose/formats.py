@@ -6,7 +6,7 @@ format     an embedding              with a weight                   the files i
 a1111      ``name`` (bare word)      ``(name:0.8)``                  ``name.safetensors``
 comfyui    ``embedding:name``        ``(embedding:name:0.8)``        ``name.safetensors``
 invokeai   ``<name>``                ``(<name>)0.8`` (compel)        ``name.safetensors``
-diffusers  the trigger token         the token (no prompt weights)   ``learned_embeds``
+diffusers  the token, lower case     the token (no prompt weights)   ``learned_embeds``
 =========  ========================  ==============================  =====================
 
 The UIs apply a weight as *attention* on the token, where conceptlib scales the
@@ -23,6 +23,7 @@ from typing import Any
 from conceptlib.compose.prompt import EmbeddingRef, format_weight
 from conceptlib.compose.resolve import ResolvedPrompt
 from conceptlib.errors import UsageError
+from conceptlib.schemas.names import tokenizer_form
 
 UI_FORMATS = ("a1111", "comfyui", "invokeai", "diffusers")
 
@@ -61,7 +62,8 @@ def render_ref(fmt: str, name: str, token: str, weight: float | None) -> str:
     if fmt == "invokeai":
         return f"<{name}>" if w is None else f"(<{name}>){w}"
     if fmt == "diffusers":
-        return token
+        # The form the exported file is keyed by: CLIP's tokenizer lower-cases prompts.
+        return tokenizer_form(token)
     raise UsageError(f"unknown prompt format {fmt!r}; expected one of {', '.join(UI_FORMATS)}")
 
 

@@ -49,6 +49,8 @@ from typing import TYPE_CHECKING, Any
 
 from conceptlib.errors import IncompatibleEmbedding, LoaderError, PartialCompatibility
 from conceptlib.schemas.enums import FAMILY_SLOTS, WIDTH_SLOT, Family, compatibility
+from conceptlib.schemas.names import expansion_tokens
+from conceptlib.schemas.vocabulary import is_tokenizer_word
 
 if TYPE_CHECKING:
     from conceptlib.registry.formats.embedding import Embedding
@@ -241,15 +243,6 @@ def _normalize(tokenizer: Any, token: str) -> str:
     return token.lower() if getattr(tokenizer, "do_lower_case", False) else token
 
 
-def _is_word(tokenizer: Any, token: str) -> bool:
-    """Whether ``token`` already is one token of ``tokenizer`` (``cat`` is ``cat</w>``)."""
-    return len(tokenizer.encode(token, add_special_tokens=False)) == 1
-
-
-def _expansion(token: str, n: int) -> list[str]:
-    return [token] + [f"{token}_{i}" for i in range(1, n)]
-
-
 @contextmanager
 def load_embeddings(
     pipeline: Any,
@@ -346,7 +339,7 @@ def _plan_tokens(items: Sequence[LoadItem], specs: Sequence[EncoderSpec]) -> dic
         if not token or any(c.isspace() for c in token):
             raise LoaderError(f"token {token!r} for {it.label} is empty or has spaces")
         norm = _normalize(tok, token)
-        seq = _expansion(norm, it.embedding.num_vectors)
+        seq = expansion_tokens(norm, it.embedding.num_vectors)
         for t in seq:
             if t in owner:
                 raise LoaderError(
@@ -355,7 +348,7 @@ def _plan_tokens(items: Sequence[LoadItem], specs: Sequence[EncoderSpec]) -> dic
                     token=t,
                 )
             for spec, vocab in zip(specs, vocabs, strict=True):
-                if t in vocab or _is_word(spec.tokenizer, t):
+                if is_tokenizer_word(spec.tokenizer, t, vocab=vocab):
                     raise LoaderError(
                         f"token {t!r} of {it.label} is already in {spec.tokenizer_attr}'s "
                         "vocabulary; adding it would change what that word means",

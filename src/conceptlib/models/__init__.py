@@ -18,7 +18,14 @@ Importing this package imports none of torch, diffusers, transformers or
 huggingface_hub; the functions import them when called.
 """
 
-from conceptlib.models.base import BaseModel, TextEncoderSlot, load_base, resolve_device
+from conceptlib.models.base import (
+    BaseModel,
+    TextEncoderSlot,
+    available_devices,
+    base_tokenizers,
+    load_base,
+    resolve_device,
+)
 from conceptlib.models.family import family_from_widths
 from conceptlib.models.fingerprint import (
     FINGERPRINT_PREFIX,
@@ -44,6 +51,8 @@ __all__ = [
     "TINY_VERSION",
     "BaseModel",
     "TextEncoderSlot",
+    "available_devices",
+    "base_tokenizers",
     "ensure_tiny",
     "family_from_widths",
     "fingerprint_path",

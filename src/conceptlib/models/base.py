@@ -23,9 +23,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
-from conceptlib.errors import BaseModelError
+from conceptlib.errors import BaseModelError, DeviceUnavailable
 from conceptlib.models.family import _family_of_pipeline, _folder_family
 from conceptlib.models.fingerprint import fingerprint_path, tiny_fingerprint
 from conceptlib.models.folders import (
@@ -37,7 +37,7 @@ from conceptlib.models.folders import (
 from conceptlib.models.libraries import quiet_libraries
 from conceptlib.models.single_file import _load_single_file
 from conceptlib.models.tiny import TINY_MODELS, TINY_RESOLUTION, load_tiny
-from conceptlib.schemas.enums import Family
+from conceptlib.schemas.enums import FAMILY_SLOTS, Family
 
 
 @dataclass
@@ -99,13 +99,149 @@ class BaseModel:
         return int(p.unet.config.sample_size) * factor
 
 
-def resolve_device(device: str | None) -> str:
-    """``None``/``"auto"`` -> ``"cuda"`` when available, else ``"cpu"``."""
-    if device in (None, "auto"):
-        import torch
+#: Device types conceptlib runs on (``torch.device`` knows more: xpu, meta, hip...).
+DEVICE_TYPES = ("cpu", "cuda", "mps")
 
+
+def available_devices() -> list[str]:
+    """The devices this machine can use: ``cpu``, then ``cuda:0``... and ``mps`` when present."""
+    import torch
+
+    out = ["cpu"]
+    if torch.cuda.is_available():
+        out += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        out.append("mps")
+    return out
+
+
+def resolve_device(device: str | None) -> str:
+    """The device to run on: ``None``/``"auto"`` picks ``"cuda"`` when available, else ``"cpu"``.
+
+    Any other value is checked here, once, for every caller (``train``, ``compose``,
+    :func:`load_base`): a device this machine cannot use fails at once with one line
+    naming it and the devices that are available, instead of a traceback from deep
+    inside torch (or an error blaming the model) after the images or the model loaded.
+
+    Args:
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"``, ``"auto"`` or ``None``
+            (case and surrounding spaces do not matter).
+
+    Returns:
+        The device string to hand to torch (``"cuda:1"`` stays ``"cuda:1"``).
+
+    Raises:
+        DeviceUnavailable: (a ``UsageError``, exit 2) not a device name, a device type
+            conceptlib does not run on, CUDA on a PyTorch without CUDA or without a
+            visible GPU, ``cuda:N`` past the device count, or ``mps`` where PyTorch has
+            no MPS.
+    """
+    import torch
+
+    text = "auto" if device is None else str(device).strip().lower()
+    if text == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    return str(device)
+    shown = str(device) if len(str(device)) <= 64 else str(device)[:64] + "..."
+    try:
+        dev = torch.device(text)
+    except (RuntimeError, ValueError):
+        dev = None
+    if dev is None or dev.type not in DEVICE_TYPES:
+        kind = "not a device name" if dev is None else f"{dev.type} devices are not supported"
+        _device_error(shown, f"{kind}; expected cpu, cuda, cuda:N, mps or auto")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            why = (
+                f"this PyTorch ({torch.__version__}) is built without CUDA"
+                if torch.version.cuda is None
+                else "PyTorch sees no CUDA GPU (driver, or CUDA_VISIBLE_DEVICES)"
+            )
+            _device_error(shown, why)
+        count = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= count:
+            _device_error(
+                shown, f"this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}"
+            )
+    if dev.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            _device_error(shown, "PyTorch has no MPS here (it needs Apple silicon and macOS)")
+    return text
+
+
+def _device_error(device: str, why: str) -> NoReturn:
+    available = available_devices()
+    raise DeviceUnavailable(
+        f"device {device!r} cannot be used: {why}; available: {', '.join(available)}",
+        hint=f"pass --device {available[-1]}, or auto for the best one available",
+        device=device,
+        available=available,
+    )
+
+
+def base_tokenizers(
+    ref: str | os.PathLike[str],
+    *,
+    cache_dir: str | os.PathLike[str] | None = None,
+    config: str | os.PathLike[str] | None = None,
+) -> list[tuple[str, Any]] | None:
+    """The tokenizers of base model ``ref`` by embedding slot, without loading any weights.
+
+    Returns ``[("clip_l", tokenizer)]`` (SD 1.x), ``[("clip_h", ...)]`` (SD 2.x) or
+    ``[("clip_l", ...), ("clip_g", ...)]`` (SDXL), read from the model's ``tokenizer``
+    and ``tokenizer_2`` folders (for a single-file checkpoint: from ``config``'s), in
+    well under a second; or ``None`` when they cannot be had that cheaply (a single-file
+    checkpoint without ``config``, anything missing or unreadable). It never raises:
+    :func:`load_base` reports whatever is wrong with ``ref``, and the loaded model's
+    :attr:`BaseModel.slots` carry the same tokenizers. ``conceptlib train`` uses it to
+    check a trigger against the real vocabulary before reading images or weights.
+    """
+    try:
+        with quiet_libraries():
+            return _base_tokenizers(str(ref), cache_dir, config)
+    except Exception:  # any failure here is load_base's to report, with its own message
+        return None
+
+
+def _base_tokenizers(
+    ref: str, cache_dir: str | os.PathLike[str] | None, config: str | os.PathLike[str] | None
+) -> list[tuple[str, Any]] | None:
+    import json
+
+    import transformers
+
+    from conceptlib.models.single_file import _config_folder, single_file_family
+    from conceptlib.models.tiny import build_vocab, tiny_path
+
+    path = Path(ref).expanduser()
+    if ref in TINY_MODELS:
+        folder = tiny_path(ref, cache_dir)
+        if not (folder / "conceptlib-tiny.json").is_file():
+            # Not built yet: its tokenizer is made in code, no need to build the model now.
+            vocab, merges = build_vocab()
+            tok = transformers.CLIPTokenizer(vocab=vocab, merges=list(merges))
+            family = Family.SDXL if ref == "tiny-sdxl" else Family.SD1
+            return [(slot, tok) for slot in FAMILY_SLOTS[family]]
+    elif path.is_dir():
+        folder = path
+    elif path.is_file():
+        if not config or path.suffix.lower() != ".safetensors":
+            return None
+        folder = _config_folder(str(config), path, single_file_family(path))
+    elif _REPO_ID.match(ref) and not ref.startswith((".", "/", "~")):
+        folder = _cached_snapshot(ref)
+    else:
+        return None
+    family = _folder_family(folder)
+    index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
+    out = []
+    for slot in FAMILY_SLOTS[family]:
+        sub = "tokenizer_2" if slot == "clip_g" else "tokenizer"
+        class_name = index.get(sub, [None, "CLIPTokenizer"])[1]
+        cls = getattr(transformers, str(class_name))
+        out.append((slot, cls.from_pretrained(folder / sub, local_files_only=True)))
+    return out
 
 
 def load_base(
@@ -120,7 +256,8 @@ def load_base(
 
     Args:
         ref: tiny model name, diffusers folder, ``.safetensors`` checkpoint or cached repo id.
-        device: ``"cpu"``, ``"cuda"``, or ``None``/``"auto"``.
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"``, or ``None``/``"auto"``
+            (checked by :func:`resolve_device` before anything loads).
         dtype: torch dtype of the weights (default float32).
         cache_dir: where the tiny models are cached (default: the settings' cache dir).
         config: for a single-file checkpoint, the diffusers folder (or cached repo id) of
@@ -128,6 +265,7 @@ def load_base(
             used; without it they come from the Hugging Face cache, never the network.
 
     Raises:
+        DeviceUnavailable: a device this machine cannot use (exit 2).
         BaseModelError: not found, not loadable, or configs not available offline.
         FamilyMismatch: text encoders that fit no embedding family.
     """

@@ -36,6 +36,21 @@ def _load_folder(folder: Path, family: Family, dtype: Any) -> Any:
         ) from exc
 
 
+def download_command(repo_id: str) -> str:
+    """The command line that downloads ``repo_id`` into the Hugging Face cache, with the
+    CLI the installed ``huggingface_hub`` ships: ``hf download`` (``hf`` replaced
+    ``huggingface-cli``, which recent releases no longer install)."""
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    try:
+        eps = distribution("huggingface_hub").entry_points
+        scripts = {ep.name for ep in eps if ep.group == "console_scripts"}
+    except PackageNotFoundError:
+        scripts = set()
+    tool = "huggingface-cli" if "hf" not in scripts and "huggingface-cli" in scripts else "hf"
+    return f"{tool} download {repo_id}"
+
+
 def _cached_snapshot(repo_id: str) -> Path:
     from huggingface_hub import snapshot_download
 
@@ -46,6 +61,6 @@ def _cached_snapshot(repo_id: str) -> Path:
         raise BaseModelError(
             f"base model {repo_id!r} is not a local folder, a .safetensors file, a built-in "
             "tiny model, or a repo in the local Hugging Face cache",
-            hint=f"download it first (huggingface-cli download {repo_id}) or pass a local path",
+            hint=f"download it first ({download_command(repo_id)}) or pass a local path",
             ref=repo_id,
         ) from exc

@@ -107,7 +107,9 @@ def _load_single_file(path: Path, dtype: Any, config: str | None) -> Any:
         raise BaseModelError(
             f"{path}: cannot build the {family.value} pipeline offline ({type(exc).__name__}: "
             f"{str(exc).splitlines()[0] if str(exc) else ''})",
-            hint="pass a local diffusers folder of the same architecture as config "
-            "(--base-config DIR), or have its config repo in the Hugging Face cache",
+            # The CLI adds "with --base-config" on the commands that have it (train).
+            hint="have its config repo in the Hugging Face cache, or give a local diffusers "
+            "folder of the same architecture as its config",
+            option="--base-config",
             path=str(path),
         ) from exc

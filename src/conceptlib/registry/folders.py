@@ -56,22 +56,42 @@ def _is_companion(p: Path) -> bool:
     return False
 
 
-def collect_files(paths: Iterable[str | os.PathLike[str]], *, recursive: bool) -> Iterator[Path]:
+def collect_files(
+    paths: Iterable[str | os.PathLike[str]],
+    *,
+    recursive: bool,
+    skipped: list[tuple[Path, str]] | None = None,
+) -> Iterator[Path]:
     """Expand folders into candidate embedding files (sidecars and previews skipped).
 
-    A plain image inside a folder is skipped unless it carries an embedding chunk; a
-    path given explicitly is always tried.
+    A plain image inside a folder is skipped unless it carries an embedding (A1111's
+    text chunk or side strips); a path given explicitly is always tried.
+
+    Args:
+        paths: files and folders.
+        recursive: descend into sub-folders.
+        skipped: when given, every file (and, without ``recursive``, every sub-folder)
+            a folder walk passed over is appended as ``(path, reason)``: hidden,
+            preview image, sidecar, the second file of an SDXL pair, an image without
+            an embedding, a sub-folder, not a regular file.
     """
+
+    def skip(f: Path, reason: str) -> None:
+        if skipped is not None:
+            skipped.append((f, reason))
+
     for raw in paths:
         p = Path(raw).expanduser()
         if p.is_dir():
             it = p.rglob("*") if recursive else p.iterdir()
             for f in sorted(it):
-                if not f.is_file() or _is_sidecar(f) or _is_companion(f):
+                if f.is_dir():
+                    if not recursive:
+                        skip(f, "a sub-folder (give --recursive to import it)")
                     continue
-                if any(part.startswith(".") for part in f.relative_to(p).parts):
-                    continue
-                if f.suffix.lower() in IMAGE_SUFFIXES and not _image_has_embedding(f):
+                reason = _skip_reason(f, p)
+                if reason is not None:
+                    skip(f, reason)
                     continue
                 yield f
         elif p.exists():
@@ -81,13 +101,42 @@ def collect_files(paths: Iterable[str | os.PathLike[str]], *, recursive: bool) -
             yield p
 
 
+def _skip_reason(f: Path, root: Path) -> str | None:
+    """Why a folder walk passes over ``f`` (None: it is a candidate embedding file)."""
+    if any(part.startswith(".") for part in f.relative_to(root).parts):
+        return "hidden"
+    if not f.is_file():
+        return "not a regular file"
+    low = f.name.lower()
+    if low.endswith(".preview.png"):
+        return "a preview image (kept with its embedding)"
+    if _is_sidecar(f):
+        return "a sidecar (metadata read with its embedding)"
+    if _is_companion(f):
+        return "the second file of an SDXL pair (read with learned_embeds)"
+    if f.suffix.lower() in IMAGE_SUFFIXES and not _image_has_embedding(f):
+        return "an image without an embedding"
+    return None
+
+
 def _image_has_embedding(path: Path) -> bool:
+    """Whether an image in a folder carries an A1111 embedding, decided by content.
+
+    A PNG's chunks are walked (the ``sd-ti-embedding`` chunk may sit anywhere, after
+    megabytes of pixel data); without the chunk, a PNG's or WebP's side strips are
+    looked at (:func:`~conceptlib.registry.formats.png_embed.image_may_hold_embedding`).
+    JPEGs (which cannot hold the strips losslessly; A1111 writes PNG), plain
+    pictures and images over the embedding size cap are skipped.
+    """
+    from conceptlib.config import MAX_EMBEDDING_FILE_BYTES
+    from conceptlib.registry.formats.png_embed import image_may_hold_embedding
+
     try:
         with path.open("rb") as f:
-            head = f.read(1 << 16)
+            data = f.read(MAX_EMBEDDING_FILE_BYTES + 1)
     except OSError:
         return False
-    return b"sd-ti-embedding" in head
+    return len(data) <= MAX_EMBEDDING_FILE_BYTES and image_may_hold_embedding(data)
 
 
 @dataclass

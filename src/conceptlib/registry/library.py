@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import os
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -26,18 +26,17 @@ from conceptlib.config import Settings, load_settings
 from conceptlib.errors import (
     AlreadyExists,
     ConceptlibError,
-    EmbeddingFileError,
     InvalidName,
     NameCollision,
     NotFound,
     StoreError,
     UsageError,
 )
-from conceptlib.registry import upkeep
+from conceptlib.registry import fields, upkeep
 from conceptlib.registry.folders import collect_files, read_sidecars
 from conceptlib.registry.formats.embedding import Embedding, sha256_hex
-from conceptlib.registry.pending import PendingEntry, prepare_file, validate_tag
-from conceptlib.registry.store import BlobStore, atomic_write
+from conceptlib.registry.pending import PendingEntry, validate_tag
+from conceptlib.registry.store import BlobStore
 from conceptlib.schemas.enums import Kind, Source
 from conceptlib.schemas.names import (
     derive_name,
@@ -60,7 +59,9 @@ from conceptlib.schemas.vocabulary import is_common_word
 
 ProgressCallback = Callable[[int, int, str], None]
 
-IMPORT_BATCH = 256
+#: Hints of a NameCollision, by its ``field``; the CLI adds the option that sets it.
+_WHAT = {"name": "name", "token": "trigger token"}
+_ANOTHER = {k: f"choose another {v}" for k, v in _WHAT.items()}
 
 
 class Library:
@@ -356,7 +357,7 @@ class Library:
         self,
         r: Reader,
         p: PendingEntry,
-        batch: dict[str, str],
+        batch: Mapping[str, tuple[str, int]],
         *,
         exclude: str | None = None,
     ) -> None:
@@ -372,16 +373,23 @@ class Library:
         new_name: str,
         token: str,
         n: int,
-        batch: dict[str, str],
+        batch: Mapping[str, tuple[str, int]],
         exclude: str | None,
     ) -> None:
+        """The name rules of one entry's name and token against the catalog, ``batch``
+        (key -> ``(name, vectors)`` of entries earlier in the same import, which count
+        exactly as catalog entries do) and each other: no handle used twice, and no
+        ``foo_N`` inside a multi-vector ``foo``'s expansion (diffusers loads ``foo`` of
+        3 vectors as ``foo foo_1 foo_2``), whichever comes first."""
         ex = name_key(exclude) if exclude else None
 
-        def find(column: str, key: str) -> tuple[str, int] | None:
+        def find(column: str, key: str) -> tuple[str, int, str] | None:
             hit = r.handle(column, key)
-            if hit is None or name_key(hit[0]) == ex:
-                return None
-            return hit
+            if hit is not None and name_key(hit[0]) != ex:
+                return hit[0], hit[1], ""
+            if key in batch:
+                return batch[key][0], batch[key][1], " in this same import"
+            return None
 
         nk, tk = name_key(new_name), name_key(token)
         for key, what in ((nk, "name"), (tk, "token")):
@@ -390,18 +398,14 @@ class Library:
                 if other is not None:
                     shown = new_name if what == "name" else token
                     raise NameCollision(
-                        f"the {what} {shown!r} is already used by {other[0]!r}",
+                        f"the {what} {shown!r} is already used by {other[0]!r}{other[2]}",
                         existing=other[0],
-                        hint="choose another name with --name",
+                        hint=_ANOTHER[what],
+                        field=what,
                     )
-            if key in batch and batch[key] != new_name:
-                raise NameCollision(
-                    f"the {what} {key!r} is used by {batch[key]!r} in this same import",
-                    existing=batch[key],
-                    hint="choose another name with --name",
-                )
         # foo_2 against a multi-vector foo (diffusers expands foo into foo, foo_1, ...).
         for key in {nk, tk, name_key(strip_brackets(token))}:
+            what = "name" if key == nk else "token"
             split = split_expansion(key)
             if not split:
                 continue
@@ -411,22 +415,34 @@ class Library:
                     other = find(column, cand)
                     if other is not None and other[1] > index:
                         raise NameCollision(
-                            f"{key!r} collides with {other[0]!r}: it has {other[1]} vectors, "
-                            f"which diffusers loads as {base}, {base}_1, ... {base}_{other[1] - 1}",
+                            f"{key!r} collides with {other[0]!r}{other[2]}: it has {other[1]} "
+                            f"vectors, which diffusers loads as {base}, {base}_1, ... "
+                            f"{base}_{other[1] - 1}",
                             existing=other[0],
-                            hint="choose a name that does not end in _<number>",
+                            hint=f"choose a {_WHAT[what]} that does not end in _<number>",
+                            field=what,
                         )
         if n > 1:
+            own = {tk: "token", name_key(strip_brackets(token)): "token", nk: "name"}
             for base in {nk, name_key(strip_brackets(token))}:
                 for i in range(1, n):
+                    clash = own.get(f"{base}_{i}")
+                    if clash is not None:
+                        raise NameCollision(
+                            f"{new_name!r} has {n} vectors, which diffusers loads as {base}, "
+                            f"{base}_1, ...; its own {_WHAT[clash]} {base}_{i} is one of them",
+                            hint=_ANOTHER[clash],
+                            field=clash,
+                        )
                     for column in ("name_key", "token_key"):
                         other = find(column, f"{base}_{i}")
                         if other is not None:
                             raise NameCollision(
                                 f"{new_name!r} has {n} vectors, which diffusers loads as {base}, "
-                                f"{base}_1, ...; {other[0]!r} already uses {base}_{i}",
+                                f"{base}_1, ...; {other[0]!r}{other[2]} already uses {base}_{i}",
                                 existing=other[0],
-                                hint="choose another name with --name",
+                                hint=_ANOTHER["name" if base == nk else "token"],
+                                field="name" if base == nk else "token",
                             )
 
     def _commit(self, batch: Sequence[PendingEntry]) -> None:
@@ -580,89 +596,33 @@ class Library:
         kind: Kind | str | None = None,
         tags: Sequence[str] = (),
         base_model: str | None = None,
+        token: str | None = None,
         on_progress: ProgressCallback | None = None,
     ) -> ImportReport:
         """Import embedding files and whole A1111 / ComfyUI / InvokeAI embedding folders.
 
         One bad file never stops the rest: each file ends up ``imported``, ``present``
-        (naming the existing entry) or ``rejected`` (with the reason).
+        (naming the existing entry) or ``rejected`` (with the reason); ``name`` and
+        ``token`` (the trigger token) apply to one file; the options given are applied
+        to entries already present. Details: :func:`conceptlib.registry.importer.import_paths`.
+
+        Raises:
+            UsageError: ``name`` or ``token`` with more than one file.
+            InvalidName: ``token`` or a tag breaks the name rules (before any file).
         """
-        files = list(collect_files(paths, recursive=recursive))
-        if name is not None and len(files) != 1:
-            raise UsageError(f"--name applies to one file; {len(files)} files were given")
-        user_tags = [validate_tag(t) for t in tags]
-        kind_value = Kind(kind).value if kind else None
-        report = ImportReport()
-        batch: list[tuple[PendingEntry, ImportOutcome]] = []
-        batch_keys: dict[str, str] = {}
-        seen_tensors: dict[str, str] = {}
-        total = len(files)
-        mark = len(self.store.created)
-        for i, f in enumerate(files):
-            outcome = ImportOutcome(path=str(f), status="rejected")
-            try:
-                pending = prepare_file(f, name, kind_value, user_tags, base_model)
-                outcome.tensor_sha256 = pending.tensor_sha256
-                if pending.tensor_sha256 in seen_tensors:
-                    outcome.status, outcome.existing = (
-                        "present",
-                        seen_tensors[pending.tensor_sha256],
-                    )
-                    outcome.name = outcome.existing
-                else:
-                    existing = self.by_tensor_sha256(pending.tensor_sha256)
-                    if existing is not None:
-                        outcome.status, outcome.existing = "present", existing.name
-                        outcome.name = existing.name
-                    else:
-                        try:
-                            with self.reader() as r:
-                                self._check_names(r, pending, batch_keys)
-                        except NameCollision:
-                            # Another writer may have committed these vectors meanwhile.
-                            raced = self.by_tensor_sha256(pending.tensor_sha256)
-                            if raced is None:
-                                raise
-                            outcome.status, outcome.existing = "present", raced.name
-                            outcome.name = raced.name
-                            report.outcomes.append(outcome)
-                            if on_progress:
-                                on_progress(i + 1, total, str(f))
-                            continue
-                        self._store_pending(pending)
-                        batch.append((pending, outcome))
-                        batch_keys[name_key(pending.name)] = pending.name
-                        batch_keys[name_key(pending.token)] = pending.name
-                        seen_tensors[pending.tensor_sha256] = pending.name
-                        outcome.name = pending.name
-            except ConceptlibError as exc:
-                outcome.status, outcome.reason, outcome.error = "rejected", exc.message, exc.code
-                outcome.existing = getattr(exc, "existing", None)
-                outcome.exception = exc
-            except (
-                ValueError,
-                TypeError,
-                KeyError,
-                IndexError,
-                OverflowError,
-                RecursionError,
-            ) as exc:
-                # A reader bug must not abort a folder import: reject this file, go on.
-                err = EmbeddingFileError(
-                    f"could not be read ({type(exc).__name__}: {exc}); please report this file",
-                    path=str(f),
-                )
-                outcome.status, outcome.reason, outcome.error = "rejected", err.message, err.code
-                outcome.exception = err
-            report.outcomes.append(outcome)
-            if len(batch) >= IMPORT_BATCH:
-                self._flush(batch, mark)
-                batch, batch_keys = [], {}
-                mark = len(self.store.created)
-            if on_progress:
-                on_progress(i + 1, total, str(f))
-        self._flush(batch, mark)
-        return report
+        from conceptlib.registry.importer import import_paths
+
+        return import_paths(
+            self,
+            paths,
+            recursive=recursive,
+            name=name,
+            kind=kind,
+            tags=tags,
+            base_model=base_model,
+            token=token,
+            on_progress=on_progress,
+        )
 
     def _flush(self, batch: list[tuple[PendingEntry, ImportOutcome]], mark: int) -> None:
         """Commit a batch; on a lost race commit one by one. Blobs written for entries that
@@ -749,22 +709,41 @@ class Library:
         kind: str | None = None,
         license: str | None = None,
         base_model: str | None = None,
+        token: str | None = None,
+        trigger_words: Sequence[str] | None = None,
     ) -> EmbeddingInfo:
-        """Change descriptive fields of one entry."""
+        """Change an entry's fields in one transaction (search index included); ``None``
+        keeps a field, ``""`` clears a text field. ``kind``: object, style, negative or
+        other; ``token``: a new trigger token under :meth:`add_embedding`'s rules;
+        ``trigger_words``: Civitai's ``trainedWords`` / A1111's ``activation text``, kept
+        as ``extra["trained_words"]`` (empty clears). Checks: :mod:`~conceptlib.registry.fields`.
+
+        Raises:
+            NotFound, UsageError, InvalidName, NameCollision (a refused value changes nothing).
+        """
         from conceptlib.catalog import dialect
         from conceptlib.catalog.models import EmbeddingRow, utcnow
 
         info = self.get(name)
+        values = fields.checked_fields(
+            description=description, license=license, base_model=base_model
+        )
+        if kind is not None:
+            values["kind"] = fields.checked_kind(kind)
+        if token is not None:
+            values["token"] = fields.checked_token(token)
+            values["token_key"] = name_key(values["token"])
+            with self.reader() as r:
+                self._check_handles(r, info.name, values["token"], info.num_vectors, {}, info.name)
+        if trigger_words is not None:
+            extra = dict(info.extra, trained_words=fields.checked_trigger_words(trigger_words))
+            if not extra["trained_words"]:
+                del extra["trained_words"]
+            values["extra"] = json.dumps(extra, sort_keys=True, default=str)
         with self.catalog.write() as session:
             row = session.get(EmbeddingRow, info.id)
-            if description is not None:
-                row.description = description
-            if kind is not None:
-                row.kind = Kind(kind).value
-            if license is not None:
-                row.license = license
-            if base_model is not None:
-                row.base_model = base_model
+            for column, value in values.items():
+                setattr(row, column, value)
             row.updated_at = utcnow()
             session.flush()
             dialect.refresh_fts(session.connection(), self.catalog.dialect_name, info.id)
@@ -780,12 +759,7 @@ class Library:
         new_name = validate_name(new)
         follow = name_key(info.token) == name_key(info.name)
         if token is not None:
-            new_token = validate_token(token)
-            if is_common_word(new_token):
-                raise InvalidName(
-                    f"the token {new_token!r} is an ordinary word: as a trigger it would "
-                    f"silently change what {new_token!r} means in every prompt"
-                )
+            new_token = fields.checked_token(token)
         else:
             new_token = new_name if follow else info.token
         if is_common_word(new_name):
@@ -880,33 +854,38 @@ class Library:
     ) -> list[Path]:
         """Write an entry in one of the formats UIs read.
 
-        ``fmt``: ``a1111-pt``, ``safetensors`` (``emb_params``; SDXL as ``{clip_l, clip_g}``),
-        ``diffusers`` (``learned_embeds.safetensors`` keyed by token) or ``sdxl``.
-        ``out`` is a folder (files named after the entry) or, for one-file formats, a file.
+        ``fmt``: ``a1111-pt`` (SD 1.x/2.x), ``safetensors`` (``emb_params``; SDXL as
+        ``{clip_l, clip_g}``), ``diffusers`` (``{name}.safetensors`` keyed by the token in
+        its tokenizer form; SDXL: ``{name}/learned_embeds.safetensors`` and ``..._2``) or
+        ``sdxl``. ``out`` is a folder (files named after the entry) or, for one-file
+        formats, a file. A file that already holds the same bytes is left as it is.
+
+        Raises:
+            UsageError: an unknown format, or one the entry's family cannot use
+                (:func:`~conceptlib.registry.formats.write.check_writable`).
+            AlreadyExists: a target file exists with other contents (without
+                ``overwrite``); nothing was written.
         """
-        from conceptlib.registry.formats import WRITE_FORMATS, write_embedding
+        from conceptlib.registry.formats.write import (
+            WRITE_FORMATS,
+            check_writable,
+            export_files,
+            place_files,
+        )
 
         if fmt not in WRITE_FORMATS:
             raise UsageError(
                 f"unknown export format {fmt!r}; expected one of {', '.join(WRITE_FORMATS)}"
             )
         info = self.get(name)
-        emb = self.load(info)
-        files = write_embedding(emb, fmt, name=info.name, token=info.token)
+        check_writable(fmt, info.family, what=repr(info.name))
+        files = export_files(self.load(info), fmt, name=info.name, token=info.token)
         out_path = Path(out).expanduser()
         if len(files) == 1 and not out_path.is_dir() and out_path.suffix:
             targets = {out_path: next(iter(files.values()))}
         else:
             targets = {out_path / rel: data for rel, data in files.items()}
-        if not overwrite:
-            clashes = [str(p) for p in targets if p.exists()]
-            if clashes:
-                raise UsageError(
-                    f"{clashes[0]} already exists", hint="pass --overwrite to replace it"
-                )
-        for p, data in targets.items():
-            atomic_write(p, data)
-        return list(targets)
+        return place_files(targets, overwrite=overwrite)
 
     # ------------------------------------------------------------------ maintenance
 
@@ -915,10 +894,10 @@ class Library:
         (:func:`conceptlib.registry.upkeep.verify`)."""
         return upkeep.verify(self, on_progress=on_progress)
 
-    def gc(self, *, dry_run: bool = False, grace_s: float = 0.0) -> list[str]:
+    def gc(self, *, dry_run: bool = False, grace_s: float = 0.0) -> upkeep.GcResult:
         """Remove blobs no row names, and temp files left by interrupted writes; blobs and
-        temp files younger than ``grace_s`` seconds are spared
-        (:func:`conceptlib.registry.upkeep.collect_garbage`)."""
+        temp files younger than ``grace_s`` seconds are spared and listed in the result's
+        ``spared`` (:func:`conceptlib.registry.upkeep.collect_garbage`)."""
         return upkeep.collect_garbage(self, dry_run=dry_run, grace_s=grace_s)
 
     def dump(self) -> dict[str, Any]:

@@ -9,17 +9,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from conceptlib.catalog.query import normalize_tag
 from conceptlib.errors import EmbeddingFileError, InvalidName
+from conceptlib.registry.fields import checked_token
 from conceptlib.registry.folders import file_stem, read_sidecars
 from conceptlib.registry.formats.embedding import Embedding, sha256_hex
 from conceptlib.schemas.enums import Kind, Source
 from conceptlib.schemas.names import (
     derive_name,
+    name_key,
     strip_brackets,
     validate_name,
     validate_token,
@@ -27,7 +29,17 @@ from conceptlib.schemas.names import (
 from conceptlib.schemas.records import TrainingRunRecord
 from conceptlib.schemas.vocabulary import is_common_word
 
-__all__ = ["MAX_TAG_LENGTH", "PendingEntry", "prepare_file", "validate_tag"]
+__all__ = [
+    "DERIVATION_REASONS",
+    "MAX_TAG_LENGTH",
+    "Derivation",
+    "PendingEntry",
+    "kind_from_text",
+    "name_for_family",
+    "prepare_file",
+    "token_from_outside",
+    "validate_tag",
+]
 
 MAX_TAG_LENGTH = 64
 
@@ -64,6 +76,8 @@ class PendingEntry:
     canonical: bytes = b""
     #: (filename, role, bytes) of previews not yet in the store; see ``_store_pending``.
     new_previews: list[tuple[str, str, bytes]] = field(default_factory=list)
+    #: How the name and token were made, when not simply the file's (for the report).
+    derived: list[Derivation] = field(default_factory=list)
 
 
 def validate_tag(tag: str) -> str:
@@ -88,22 +102,179 @@ def _json_safe(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
+#: What a derived name or token was made from, or why it differs from what the file
+#: said (``ImportOutcome.derived[].reason``; the import table prints ``why``).
+DERIVATION_REASONS = {
+    "invalid-characters": "the file name has characters a name cannot hold",
+    "token-in-file": "named after the token inside the file (the file name is generic)",
+    "folder-name": "named after the folder (a generic learned_embeds file without a token)",
+    "name-in-image": "the name inside an A1111 image embedding, which A1111 triggers by",
+    "ordinary-word": "an ordinary word: as a trigger it would change that word's meaning",
+    "name-taken": "the name belongs to an entry of another family: the family is appended",
+    "invalid-token": "the file's token cannot be a trigger token: the name is the token",
+    "token-option": "--token replaced the file's token",
+    "token-identifier": "token_identifier.txt names another token than the file's key",
+}
+
+#: Longest original text kept in ``extra`` (a tensor key can be long; it is untrusted).
+MAX_KEPT_TEXT = 200
+
+
+@dataclass
+class Derivation:
+    """How an imported entry's name or token was made, when it is not simply the file's
+    stem (or the token inside the file).
+
+    Attributes:
+        field: ``name`` or ``token``.
+        value: what was registered.
+        source: what it was made from (the file's stem, its token, a folder name),
+            cut to :data:`MAX_KEPT_TEXT` characters.
+        reason: a key of :data:`DERIVATION_REASONS`.
+        why: one line for people, saying what to type now.
+    """
+
+    field: str
+    value: str
+    source: str
+    reason: str
+    why: str
+
+    def to_dict(self) -> dict[str, str]:
+        return asdict(self)
+
+
+def kept_text(text: str) -> str:
+    """``text`` cut to :data:`MAX_KEPT_TEXT` characters (with ``...`` when cut)."""
+    return text if len(text) <= MAX_KEPT_TEXT else text[:MAX_KEPT_TEXT] + "..."
+
+
+def kind_from_text(text: str | None) -> str | None:
+    """The kind in an sd-concepts-library ``type_of_concept.txt`` (``object``, ``style``;
+    also ``negative``, ``other``), or None for anything else."""
+    t = (text or "").strip().lower()
+    return t if t in {k.value for k in Kind} else None
+
+
+def token_from_outside(raw: str | None, fallback: str) -> tuple[str, Derivation | None]:
+    """The trigger token for a token found in outside data (a diffusers key,
+    ``token_identifier.txt``, a Hub repo's file).
+
+    A usable token (:func:`~conceptlib.schemas.names.validate_token`, not an ordinary
+    word) is kept as it is. Otherwise the entry's name ``fallback`` becomes the token,
+    and the returned :class:`Derivation` says why (its ``source`` is the original,
+    which callers keep in ``extra["token_in_file"]``).
+
+    Returns:
+        ``(token, None)`` or ``(fallback, derivation)``.
+    """
+    if not raw:
+        return fallback, None
+    try:
+        token = validate_token(raw)
+    except InvalidName as exc:
+        # The message quotes the token (repr: control characters escaped); cut its size.
+        return fallback, Derivation(
+            "token",
+            fallback,
+            kept_text(raw),
+            "invalid-token",
+            f"the token in the file cannot be a trigger ({kept_text(exc.message)}); "
+            f"the trigger is {fallback}",
+        )
+    if is_common_word(token):
+        return fallback, Derivation(
+            "token",
+            fallback,
+            token,
+            "ordinary-word",
+            f"the token {token!r} in the file is an ordinary word; the trigger is {fallback}",
+        )
+    return token, None
+
+
+@dataclass
+class _ConceptFiles:
+    """What an sd-concepts-library folder says beside ``learned_embeds``."""
+
+    token: str | None = None
+    kind: str | None = None
+
+
+def _small_text(path: Path, cap: int = 4096) -> str | None:
+    """The first line of a small text file (None when missing, unreadable or over ``cap``)."""
+    try:
+        with path.open("rb") as f:
+            data = f.read(cap + 1)
+    except OSError:
+        return None
+    if len(data) > cap:
+        return None
+    lines = data.decode("utf-8", errors="replace").strip().splitlines()
+    return lines[0].strip() if lines else None
+
+
+def _concept_files(folder: Path) -> _ConceptFiles:
+    """``token_identifier.txt`` and ``type_of_concept.txt`` of an sd-concepts-library
+    folder (the files ``conceptlib pull`` reads from such a repo)."""
+    return _ConceptFiles(
+        token=_small_text(folder / "token_identifier.txt") or None,
+        kind=kind_from_text(_small_text(folder / "type_of_concept.txt")),
+    )
+
+
+def _derive_file_name(
+    path: Path, parsed: Any, file_token: str | None
+) -> tuple[str, Derivation | None]:
+    """The name of an imported file when ``--name`` was not given, and how it was made."""
+    stem = file_stem(path)
+    if stem.lower().startswith("learned_embeds") and file_token:
+        source, reason = strip_brackets(file_token), "token-in-file"
+        why = f"named after the token {kept_text(file_token)!r} inside (the file name is generic)"
+    elif stem.lower().startswith("learned_embeds"):
+        source, reason = path.parent.name or stem, "folder-name"
+        why = "named after its folder (a generic learned_embeds file without a token)"
+    elif parsed.format == "a1111-png" and parsed.name_hint:
+        source, reason = parsed.name_hint, "name-in-image"
+        why = "the name inside the image, which A1111 triggers it by"
+    else:
+        source, reason, why = stem, "file-name", ""
+    name = derive_name(source)
+    if name == source:
+        if reason == "file-name":
+            return name, None
+        return name, Derivation("name", name, kept_text(source), reason, why)
+    fixed = f"characters a name cannot hold were replaced: write {name} in prompts"
+    if reason == "file-name":
+        return name, Derivation("name", name, kept_text(source), "invalid-characters", fixed)
+    return name, Derivation("name", name, kept_text(source), reason, f"{why}; {fixed}")
+
+
 def prepare_file(
     path: Path,
     name: str | None,
     kind: str | None,
     tags: list[str],
     base_model: str | None,
+    *,
+    token: str | None = None,
 ) -> PendingEntry:
     """Read one embedding file and its sidecars into an entry ready to commit.
 
     The name comes from ``name``, else the token in a diffusers ``learned_embeds``
-    file, else the file's stem; ordinary words get a ``-ti`` suffix (recorded in
-    ``extra``). Tags from sidecars that are not valid tags are dropped.
+    file (or its folder's ``token_identifier.txt``, sd-concepts-library style), else
+    the folder of a generic ``learned_embeds`` file, else the name inside an A1111
+    image embedding, else the file's stem; characters a name cannot hold become ``-``
+    and ordinary words get a ``-ti`` suffix. The token comes from ``token``, else the
+    file (or ``token_identifier.txt``), else the name; a file token that cannot be a
+    trigger is replaced by the name and kept in ``extra["token_in_file"]``. Every such
+    change is listed in ``PendingEntry.derived``. The kind comes from ``kind``, else
+    ``type_of_concept.txt``, else the sidecars. Tags from sidecars that are not valid
+    tags are dropped.
 
     Raises:
         EmbeddingFileError: (and its subclasses) the file cannot be read as an
-            embedding; InvalidName: ``name`` is not a usable name.
+            embedding; InvalidName: ``name`` or ``token`` is not usable.
     """
     from conceptlib.registry.formats import is_sdxl_companion, read_embedding_file
 
@@ -117,15 +288,15 @@ def prepare_file(
     else:
         file_sha256 = parsed.file_sha256 or ""
     sidecar = read_sidecars(path)
-    stem = file_stem(path)
+    generic = file_stem(path).lower().startswith("learned_embeds")
+    concept = _concept_files(path.parent) if generic else _ConceptFiles()
+    file_token = concept.token or parsed.token
+    derived: list[Derivation] = []
     if name:
         final_name = validate_name(name)
-    elif stem.lower().startswith("learned_embeds") and parsed.token:
-        final_name = derive_name(strip_brackets(parsed.token))
-    elif stem.lower().startswith("learned_embeds"):
-        final_name = derive_name(path.parent.name or stem)
     else:
-        final_name = derive_name(stem)
+        final_name, how = _derive_file_name(path, parsed, file_token)
+        derived += [how] if how else []
     if is_common_word(final_name):
         if name:
             raise InvalidName(
@@ -134,21 +305,54 @@ def prepare_file(
                 hint=f"choose a distinctive name, e.g. {final_name}-style",
             )
         renamed_from, final_name = final_name, f"{final_name}-ti"
+        derived.append(
+            Derivation(
+                "name",
+                final_name,
+                renamed_from,
+                "ordinary-word",
+                f"{renamed_from!r} is an ordinary word: as a trigger it would change what it "
+                f"means in every prompt; write {final_name} in prompts",
+            )
+        )
     else:
         renamed_from = None
-    token = parsed.token if parsed.token else final_name
-    try:
-        token = validate_token(token)
-    except InvalidName:
-        token = final_name
-    if (name and parsed.token is None) or is_common_word(token):
-        token = final_name
-    all_tags = sorted(set(tags) | {validate_tag(t) for t in sidecar.tags if _tag_ok(t)})
     extra: dict[str, Any] = {"format": parsed.format, "container": parsed.container}
+    if token is not None:
+        final_token = checked_token(token)
+        if file_token and file_token != final_token:
+            derived.append(
+                Derivation(
+                    "token",
+                    final_token,
+                    kept_text(file_token),
+                    "token-option",
+                    f"--token replaced the file's token {kept_text(file_token)!r}",
+                )
+            )
+    else:
+        final_token, how = token_from_outside(file_token, final_name)
+        derived += [how] if how else []
+        if how is None and concept.token and parsed.token and parsed.token != final_token:
+            derived.append(
+                Derivation(
+                    "token",
+                    final_token,
+                    kept_text(parsed.token),
+                    "token-identifier",
+                    f"the token in token_identifier.txt, not the file's key "
+                    f"{kept_text(parsed.token)!r}",
+                )
+            )
+    # What the file (and token_identifier.txt) said, when the entry's token differs.
+    if parsed.token and final_token != parsed.token:
+        extra["token_in_file"] = kept_text(parsed.token)
+    if concept.token and final_token != concept.token:
+        extra["token_identifier"] = kept_text(concept.token)
     if parsed.metadata:
         extra["file_metadata"] = _json_safe(parsed.metadata)
     if parsed.name_hint and parsed.name_hint != final_name:
-        extra["name_in_file"] = parsed.name_hint
+        extra["name_in_file"] = kept_text(parsed.name_hint)
     if renamed_from:
         extra["renamed_from"] = renamed_from
         extra["rename_reason"] = "ordinary word: as a trigger it would change its meaning"
@@ -156,6 +360,7 @@ def prepare_file(
         extra["trained_words"] = sidecar.trained_words
     if sidecar.notes:
         extra["notes"] = sidecar.notes
+    all_tags = sorted(set(tags) | {validate_tag(t) for t in sidecar.tags if _tag_ok(t)})
     new_previews: list[tuple[str, str, bytes]] = []
     if sidecar.preview is not None:
         fname, pdata = sidecar.preview
@@ -164,8 +369,8 @@ def prepare_file(
     return PendingEntry(
         embedding=parsed.embedding,
         name=final_name,
-        token=token,
-        kind=kind or sidecar.kind or Kind.OTHER.value,
+        token=final_token,
+        kind=kind or concept.kind or sidecar.kind or Kind.OTHER.value,
         source=sidecar.source or Source.FILE.value,
         source_ref=str(path.resolve()),
         file_sha256=file_sha256,
@@ -177,4 +382,33 @@ def prepare_file(
         path=str(path),
         canonical=canonical,
         new_previews=new_previews,
+        derived=derived,
+    )
+
+
+def name_for_family(p: PendingEntry, holder: str, holder_family: str) -> None:
+    """Give ``p`` (whose name was derived, not chosen) a name of its own when an entry
+    of another family holds it: the family is appended (``fancy-neg`` -> ``fancy-neg-sdxl``),
+    a token equal to the name follows, and ``extra`` and ``p.derived`` record why.
+
+    Folders kept per family (``sd15/``, ``sdxl/``) often hold the same file name twice;
+    both are wanted, and one name cannot trigger both.
+    """
+    old = p.name
+    family = p.embedding.family.value
+    new = f"{old}-{family}"
+    if name_key(p.token) == name_key(old):
+        p.token = new
+    p.name = new
+    p.extra.setdefault("renamed_from", old)
+    p.extra["rename_reason"] = f"the name belongs to {holder!r} ({holder_family})"
+    p.derived.append(
+        Derivation(
+            "name",
+            new,
+            old,
+            "name-taken",
+            f"{old!r} is already {holder!r}, a {holder_family} embedding; this {family} one "
+            f"is {new}: write {new} in prompts",
+        )
     )

@@ -1,7 +1,10 @@
 """Sample embeddings made by code, for the demo and the tests.
 
 Deterministic (fixed seeds), in the layouts people actually have on disk, so the
-demo exercises format detection, sidecars and search without any download.
+demo exercises format detection, sidecars and search without any download. Every
+name starts with ``demo-``: no real concept (sd-concepts-library's ``cat-toy``,
+``midjourney-style``...) is named like that, so after the demo pulling or importing
+a real one never collides with a sample's name or token.
 """
 
 from __future__ import annotations
@@ -13,10 +16,11 @@ import numpy as np
 
 from conceptlib.registry.formats.embedding import Embedding
 
-#: (file name, format, family, vectors, description, civitai-style tags, kind)
+#: (file name, format, family, vectors, description, civitai-style tags, kind); the file
+#: name becomes the entry's name and token (``<name>`` for the diffusers one).
 SAMPLES = [
     (
-        "watercolor-wash",
+        "demo-watercolor",
         "safetensors",
         "sd1",
         2,
@@ -25,7 +29,7 @@ SAMPLES = [
         "style",
     ),
     (
-        "ukiyoe-print",
+        "demo-woodblock",
         "a1111-pt",
         "sd1",
         3,
@@ -33,9 +37,9 @@ SAMPLES = [
         ["style", "japanese"],
         "style",
     ),
-    ("cat-toy", "diffusers", "sd1", 1, "a small plush cat toy", ["object", "toy"], "object"),
+    ("demo-plush-cat", "diffusers", "sd1", 1, "a small plush cat toy", ["object", "toy"], "object"),
     (
-        "easynegative-demo",
+        "demo-negative",
         "safetensors",
         "sd1",
         8,
@@ -43,9 +47,17 @@ SAMPLES = [
         ["negative"],
         "negative",
     ),
-    ("neon-city-xl", "sdxl", "sdxl", 2, "neon-lit city at night, SDXL", ["style", "city"], "style"),
     (
-        "stone-golem-sd2",
+        "demo-neon-city-xl",
+        "sdxl",
+        "sdxl",
+        2,
+        "neon-lit city at night, SDXL",
+        ["style", "city"],
+        "style",
+    ),
+    (
+        "demo-stone-golem-sd2",
         "safetensors",
         "sd2",
         2,

@@ -20,7 +20,15 @@ from conceptlib.schemas.records import VerifyReport
 if TYPE_CHECKING:
     from conceptlib.registry.library import Library
 
-__all__ = ["collect_garbage", "delete_unreferenced_db_blobs", "referenced_blobs", "verify"]
+__all__ = [
+    "GC_GRACE_S",
+    "GcResult",
+    "collect_garbage",
+    "delete_unreferenced_db_blobs",
+    "referenced_blobs",
+    "verify",
+    "young_files",
+]
 
 ProgressCallback = Callable[[int, int, str], None]
 
@@ -87,7 +95,38 @@ def verify(lib: Library, *, on_progress: ProgressCallback | None = None) -> Veri
     return report
 
 
-def collect_garbage(lib: Library, *, dry_run: bool = False, grace_s: float = 0.0) -> list[str]:
+#: ``gc``'s default grace period (seconds): files younger than this are spared, since
+#: an import running elsewhere writes its blobs just before committing their rows.
+GC_GRACE_S = 60.0
+
+
+class GcResult(list):
+    """What ``gc`` removed (a list of blob SHA-256 and temp-file names, as before), plus
+    ``spared``: the orphans kept because they are younger than ``grace_s`` seconds."""
+
+    def __init__(self, removed: Sequence[str], spared: Sequence[str], grace_s: float) -> None:
+        super().__init__(removed)
+        self.spared = list(spared)
+        self.grace_s = grace_s
+
+
+def young_files(paths: Sequence[Path], grace_s: float) -> list[Path]:
+    """The files among ``paths`` modified less than ``grace_s`` seconds ago (what ``gc``
+    with that grace period spares); files that vanished count as young."""
+    if grace_s <= 0:
+        return []
+    cutoff = time.time() - grace_s
+    young = []
+    for p in paths:
+        try:
+            if p.stat().st_mtime >= cutoff:
+                young.append(p)
+        except OSError:
+            young.append(p)
+    return young
+
+
+def collect_garbage(lib: Library, *, dry_run: bool = False, grace_s: float = 0.0) -> GcResult:
     """Remove blobs no row names, and temp files left by interrupted writes.
 
     ``grace_s`` spares blobs and temp files younger than that many seconds: a
@@ -96,21 +135,17 @@ def collect_garbage(lib: Library, *, dry_run: bool = False, grace_s: float = 0.0
 
     Returns:
         The removed blobs' SHA-256 and the removed temp files' names (what would be
-        removed, with ``dry_run``).
+        removed, with ``dry_run``), with ``.spared``: the orphans (and temp files)
+        kept for being younger than ``grace_s``.
     """
-    cutoff = time.time() - grace_s
-
-    def old_enough(p: Path) -> bool:
-        try:
-            return grace_s <= 0 or p.stat().st_mtime < cutoff
-        except OSError:
-            return False
-
     referenced = referenced_blobs(lib)
-    removed = [
-        s for s in lib.store.iter_blobs() if s not in referenced and old_enough(lib.store.path(s))
-    ]
-    temps = [t for t in lib.store.iter_temp_files() if old_enough(t)]
+    orphans = {lib.store.path(s): s for s in lib.store.iter_blobs() if s not in referenced}
+    young = set(young_files(list(orphans), grace_s))
+    removed = [s for p, s in orphans.items() if p not in young]
+    all_temps = list(lib.store.iter_temp_files())
+    young_temps = set(young_files(all_temps, grace_s))
+    temps = [t for t in all_temps if t not in young_temps]
+    spared = [orphans[p] for p in orphans if p in young] + [t.name for t in young_temps]
     if not dry_run:
         # Re-read the references right before deleting: a concurrent import may
         # have committed a row for a blob that looked orphaned a moment ago.
@@ -128,4 +163,4 @@ def collect_garbage(lib: Library, *, dry_run: bool = False, grace_s: float = 0.0
         for t in temps:
             with suppress(OSError):
                 t.unlink()
-    return removed + [str(t.name) for t in temps]
+    return GcResult(removed + [str(t.name) for t in temps], spared, grace_s)

@@ -114,7 +114,36 @@ def split_expansion(key: str) -> tuple[str, int] | None:
     return m.group("base"), int(m.group("index"))
 
 
+def expansion_tokens(token: str, n: int) -> list[str]:
+    """The tokens a trigger of ``n`` vectors adds to a tokenizer: ``t, t_1, ... t_{n-1}``.
+
+    diffusers' ``load_textual_inversion`` names the extra vectors of a multi-vector
+    embedding this way; the prompt loader does the same, so the trainer checks exactly
+    these tokens against the base model's tokenizers.
+    """
+    return [token] + [f"{token}_{i}" for i in range(1, n)]
+
+
 def strip_brackets(token: str) -> str:
     if len(token) > 2 and token.startswith("<") and token.endswith(">"):
         return token[1:-1]
     return token
+
+
+_WHITESPACE_RUN = re.compile(r"\s+")
+
+
+def tokenizer_form(token: str) -> str:
+    """``token`` as a CLIP tokenizer sees it: NFC, each whitespace run one space, lower case.
+
+    transformers' ``CLIPTokenizer`` normalizes all text this way (its ``normalizer``:
+    NFC, ``\\s+`` -> ``" "``, lowercase; OpenAI's CLIP: ``whitespace_clean(...).lower()``)
+    before it matches the tokens ``load_textual_inversion`` added. A token written in
+    mixed case (``BadHandV4``) is then never the one the prompt holds: diffusers'
+    multi-vector expansion misses it and only one of its vectors is used. Every writer
+    of a token meant for a tokenizer (diffusers files, ``token_identifier.txt``, prompts
+    rendered for diffusers) writes this form; the catalog keeps the token as typed.
+
+    Example: ``tokenizer_form("<BadHand-V4>") == "<badhand-v4>"``.
+    """
+    return _WHITESPACE_RUN.sub(" ", unicodedata.normalize("NFC", token)).lower()

@@ -130,7 +130,23 @@ class TrainingRunRecord:
 
 @dataclass
 class ImportOutcome:
-    """One file's result in an import summary."""
+    """One file's result in an import summary.
+
+    Attributes:
+        status: ``imported``, ``present`` (``existing`` names the entry) or ``rejected``
+            (``reason`` and ``error``, the error's code, say why).
+        token: the trigger token registered.
+        derived: how the name or token was made when it is not simply the file's stem
+            (or the token inside the file): ``{"field", "value", "source", "reason",
+            "why"}``, ``reason`` one of ``invalid-characters``, ``token-in-file``,
+            ``folder-name``, ``name-in-image``, ``ordinary-word``, ``name-taken``,
+            ``invalid-token``, ``token-option``, ``token-identifier``.
+        flags: warnings about the vectors (``all_zero``, ``norm_outlier``).
+        changes: for a ``present`` file, what the options given (``--kind``, ``--tag``,
+            ``--base-model``, ``--token``) changed on the existing entry:
+            field -> ``[old, new]`` (``tags``: the tags added).
+        notes: anything else worth saying (an option that was not applied).
+    """
 
     path: str
     status: str  # "imported" | "present" | "rejected"
@@ -139,6 +155,11 @@ class ImportOutcome:
     reason: str | None = None
     error: str | None = None
     tensor_sha256: str | None = None
+    token: str | None = None
+    derived: list[dict[str, str]] = field(default_factory=list)
+    flags: list[str] = field(default_factory=list)
+    changes: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
     exception: Exception | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -148,7 +169,11 @@ class ImportOutcome:
 
 @dataclass
 class ImportReport:
+    """Every file's outcome, plus the files a folder walk skipped (``skipped``:
+    ``{"path", "reason"}``; sidecars, previews, hidden files, plain images)."""
+
     outcomes: list[ImportOutcome] = field(default_factory=list)
+    skipped: list[dict[str, str]] = field(default_factory=list)
 
     @property
     def imported(self) -> list[ImportOutcome]:
@@ -162,12 +187,20 @@ class ImportReport:
     def rejected(self) -> list[ImportOutcome]:
         return [o for o in self.outcomes if o.status == "rejected"]
 
+    @property
+    def updated(self) -> list[ImportOutcome]:
+        """Present files whose options changed the existing entry."""
+        return [o for o in self.outcomes if o.status == "present" and o.changes]
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "imported": len(self.imported),
             "present": len(self.present),
+            "updated": len(self.updated),
             "rejected": len(self.rejected),
+            "skipped": len(self.skipped),
             "files": [o.to_dict() for o in self.outcomes],
+            "skipped_files": list(self.skipped),
         }
 
 

@@ -8,6 +8,8 @@ this list of words common in prompts stands in for it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 _WORDS = [
     "a",
     "an",
@@ -197,12 +199,31 @@ def is_common_word(name: str) -> bool:
     return n in COMMON_WORDS
 
 
-def in_tokenizer_vocab(token: str, tokenizer: object) -> bool:
-    """True when ``token`` is a single whole word of ``tokenizer``'s vocabulary (CLIP BPE
-    marks word ends with ``</w>``)."""
-    get_vocab = getattr(tokenizer, "get_vocab", None)
-    if get_vocab is None:
-        return False
-    vocab = get_vocab()
-    t = token.strip().lower()
-    return f"{t}</w>" in vocab or (t in vocab and not t.startswith("<"))
+def is_tokenizer_word(
+    tokenizer: object, token: str, *, vocab: Mapping[str, int] | None = None
+) -> bool:
+    """True when ``token`` already means something to ``tokenizer``.
+
+    The one rule for "is this trigger token a word of the model?", shared by the
+    trainer (which refuses such a ``--name`` before training) and the prompt loader
+    (which refuses to add such a token to a pipeline): ``token`` is one of the
+    tokenizer's vocabulary entries as written, or the tokenizer turns it into a single
+    id (CLIP's BPE lower-cases and marks word ends, so ``Cat`` is the one entry
+    ``cat</w>``; tokens added to the tokenizer before count too). Adding such a token
+    as a textual-inversion trigger would silently change what that word means in
+    every prompt, here and in every UI the embedding is exported to (A1111 and
+    ComfyUI match the file name, diffusers the token).
+
+    Args:
+        tokenizer: a Hugging Face tokenizer (``get_vocab()`` and ``encode()``), e.g.
+            a pipeline's ``tokenizer`` or ``tokenizer_2``.
+        token: the candidate trigger token (one of them: see
+            :func:`conceptlib.schemas.names.expansion_tokens` for multi-vector ones).
+        vocab: ``tokenizer.get_vocab()`` when the caller already has it (it is a copy
+            of some 49,000 entries for CLIP: worth reusing over many tokens).
+    """
+    if vocab is None:
+        vocab = tokenizer.get_vocab()  # type: ignore[attr-defined]
+    if token in vocab:
+        return True
+    return len(tokenizer.encode(token, add_special_tokens=False)) == 1  # type: ignore[attr-defined]

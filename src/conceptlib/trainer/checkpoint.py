@@ -28,22 +28,24 @@ CHECKPOINT_NAME = "checkpoint.safetensors"
 LEGACY_CHECKPOINT_NAME = "checkpoint.pt"
 CHECKPOINT_FORMAT = "conceptlib-textual-inversion-checkpoint/2"
 
-#: Config keys that must match for a run to be resumed (``steps`` may grow).
+#: Config keys that must match for a run to be resumed.
 RESUME_KEYS = (
     "base_model_fingerprint",
     "training_images_hash",
     "init",
     "vectors",
     "kind",
-    "lr",
     "batch",
     "resolution",
     "seed",
     "templates_sha256",
-    "precision",
     "weight_decay",
     "flip",
 )
+#: Config keys that may differ on resume, each change recorded in the run's
+#: ``resume_changes``: the remedies a NaN loss names (a lower ``--lr``, another
+#: ``--precision``), a longer ``--steps``, and the device the run continues on.
+RESUME_MAY_CHANGE = ("lr", "precision", "steps", "device")
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
@@ -205,8 +207,22 @@ def _header_metadata(data: bytes) -> dict[str, str]:
     return metadata
 
 
-def check_resumable(saved: dict[str, Any], current: dict[str, Any], step: int, path: Path) -> None:
-    """Refuse to resume a checkpoint written by a run with different settings."""
+def check_resumable(
+    saved: dict[str, Any], current: dict[str, Any], step: int, path: Path
+) -> list[dict[str, Any]]:
+    """Refuse to resume a checkpoint written by a run with different settings.
+
+    Every key of :data:`RESUME_KEYS` must match; those of :data:`RESUME_MAY_CHANGE` may
+    differ (``steps`` only upwards of the checkpoint's step).
+
+    Returns:
+        The run's changes so far: the checkpoint's own ``resume_changes`` followed by
+        one ``{"step", "setting", "old", "new"}`` per setting that differs now.
+
+    Raises:
+        TrainingError: a setting of :data:`RESUME_KEYS` differs, the checkpoint is past
+            ``--steps``, or its record of changes is malformed.
+    """
     diffs = [k for k in RESUME_KEYS if saved.get(k) != current.get(k)]
     if diffs:
         shown = "; ".join(
@@ -214,11 +230,45 @@ def check_resumable(saved: dict[str, Any], current: dict[str, Any], step: int, p
         )
         raise TrainingError(
             f"cannot resume {path}: the run's settings differ ({shown})",
-            hint="resume with the same settings, or delete the checkpoint to start over",
+            hint="resume with the same settings (only --lr, --precision, --steps and --device "
+            "may change), or delete the checkpoint to start over",
             path=str(path),
         )
     if int(current["steps"]) < step:
         raise TrainingError(
             f"cannot resume {path}: it is at step {step}, past --steps {current['steps']}",
+            hint=f"pass --steps {step} or more",
             path=str(path),
         )
+    history = saved.get("resume_changes", [])
+    if not isinstance(history, list) or not all(
+        isinstance(c, dict) and set(c) == {"step", "setting", "old", "new"} for c in history
+    ):
+        raise TrainingError(f"{path}: unreadable checkpoint (resume_changes)", path=str(path))
+    changes = list(history)
+    for key in RESUME_MAY_CHANGE:
+        old, new = saved.get(key), current.get(key)
+        if old != new:
+            if not isinstance(old, (str, int, float)) or isinstance(old, bool):
+                raise TrainingError(f"{path}: unreadable checkpoint ({key})", path=str(path))
+            changes.append({"step": step, "setting": key, "old": old, "new": new})
+    return changes
+
+
+def vectors_problem(vectors: dict[str, Any]) -> str | None:
+    """Why ``vectors`` (slot -> ``[n, d]`` tensor or array) could not be imported, or ``None``.
+
+    The rule is the importer's own (:meth:`Embedding.from_slots
+    <conceptlib.registry.formats.embedding.Embedding.from_slots>`): every value finite
+    and at most fp16's largest value (65504) in magnitude, shapes of one family. Only
+    vectors that pass it make a "good" checkpoint: the one a NaN loss keeps and
+    ``--resume`` goes back to.
+    """
+    from conceptlib.errors import ConceptlibError
+    from conceptlib.registry.formats.embedding import Embedding
+
+    try:
+        Embedding.from_slots(vectors)
+    except ConceptlibError as exc:
+        return exc.message
+    return None

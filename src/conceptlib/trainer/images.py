@@ -1,12 +1,13 @@
 """Training images: collect, validate, decode to RGB, hash, and turn into pixels.
 
-Refused with :class:`~conceptlib.errors.ImageError` (bad-inputs 28-29): files that
-are not images (whatever their extension), truncated files, decompression bombs
-(more than :data:`MAX_IMAGE_PIXELS` pixels, checked from the header before
-decoding), PNG text chunks that decompress beyond Pillow's cap, and fewer than
-``min_images`` images. CMYK, 16-bit, float, alpha and palette images are converted
-to 8-bit RGB (alpha composited over white); EXIF orientation is applied. All
-images identical gives a warning, not an error.
+A path that does not exist is :class:`~conceptlib.errors.ImageNotFound` (a
+``NotFound``, exit 6). Refused with :class:`~conceptlib.errors.ImageError`
+(bad-inputs 28-29): files that are not images (whatever their extension),
+truncated files, decompression bombs (more than :data:`MAX_IMAGE_PIXELS` pixels,
+checked from the header before decoding), PNG text chunks that decompress beyond
+Pillow's cap, and fewer than ``min_images`` images. CMYK, 16-bit, float, alpha
+and palette images are converted to 8-bit RGB (alpha composited over white); EXIF
+orientation is applied. All images identical gives a warning, not an error.
 
 ``training_images_hash`` is the SHA-256 of the sorted per-image SHA-256 hex digests
 of the file bytes, joined with ``"\\n"`` (no trailing newline)::
@@ -29,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from conceptlib.errors import ImageError
+from conceptlib.errors import ImageError, ImageNotFound
 
 #: Most pixels one training image may have (a 6,000 x 6,000 photo is 36 M).
 MAX_IMAGE_PIXELS = 50_000_000
@@ -76,6 +77,10 @@ def collect_image_paths(inputs: Sequence[str | os.PathLike[str]]) -> list[Path]:
     A folder contributes its files with an image extension (not recursive, hidden
     files skipped, sorted by name); a file named explicitly is always tried, so a
     non-image fails loudly instead of being skipped. Duplicates are dropped.
+
+    Raises:
+        ImageNotFound: a path that does not exist (exit 6, like every "not found").
+        ImageError: a path that is neither a regular file nor a folder.
     """
     out: list[Path] = []
     seen: set[Path] = set()
@@ -89,8 +94,10 @@ def collect_image_paths(inputs: Sequence[str | os.PathLike[str]]) -> list[Path]:
             )
         elif p.is_file():
             found = [p]
+        elif p.exists():  # a device, a pipe or a socket: never read from
+            raise ImageError(f"{p}: not a regular file or a folder", path=str(p))
         else:
-            raise ImageError(f"{p}: no such file or folder", path=str(p))
+            raise ImageNotFound(f"{p}: no such file or folder", path=str(p))
         for f in found:
             key = f.resolve()
             if key not in seen:

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from conceptlib.errors import TrainingError
+from conceptlib.errors import TrainingError, UsageError
 from conceptlib.schemas.enums import Family
 
 if TYPE_CHECKING:
@@ -217,12 +217,22 @@ class TextualInversion:
                 )
             init_ids = tok(init, add_special_tokens=False).input_ids
             if not init_ids:
-                raise TrainingError(
-                    f"initializer {init!r} has no tokens in the {slot.slot} tokenizer"
+                raise UsageError(
+                    f"--init {init!r} has no tokens in the {slot.slot} tokenizer; expected "
+                    "word(s) close to the concept"
                 )
-            report = InitReport(
-                slot.slot, tok.convert_ids_to_tokens(init_ids), list(init_ids), self.num_vectors
-            )
+            pieces = tok.convert_ids_to_tokens(init_ids)
+            added = [t for t, i in zip(pieces, init_ids, strict=True) if i >= vocab]
+            if added:
+                # Tokens past the frozen table (this run's placeholders, or tokens an
+                # earlier run or loader added to this pipeline) have no vector to start from.
+                raise UsageError(
+                    f"--init {init!r} holds {', '.join(map(repr, added))}, added to the "
+                    f"{slot.slot} tokenizer after the model was made; expected word(s) of "
+                    "the base model's own vocabulary",
+                    hint="pass ordinary word(s) close to the concept, e.g. --init toy",
+                )
+            report = InitReport(slot.slot, pieces, list(init_ids), self.num_vectors)
             self.init_reports.append(report)
             table = frozen.weight.detach()
             rows = [init_ids[i % len(init_ids)] for i in range(self.num_vectors)]
@@ -473,6 +483,12 @@ class TextualInversion:
         if self.scaler is not None:
             state["scaler"] = self.scaler.state_dict()
         return state
+
+    def set_lr(self, lr: float) -> None:
+        """Use learning rate ``lr`` from the next step on (a resumed run may lower it; the
+        optimizer's moments are kept)."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = float(lr)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         import torch

@@ -11,7 +11,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from conceptlib.errors import UsageError
+from conceptlib.errors import NotFound, UsageError
+
+#: A templates file is a few hundred short lines; anything larger is not one.
+MAX_TEMPLATES_BYTES = 1024 * 1024
 
 OBJECT_TEMPLATES: tuple[str, ...] = (
     "a photo of a {}",
@@ -77,15 +80,33 @@ def load_templates(spec: str | os.PathLike[str] | None, *, kind: str = "object")
         kind: the concept kind, used when ``spec`` is ``None``.
 
     Raises:
-        UsageError: an unreadable file, an empty one, or a line without exactly one ``{}``.
+        NotFound: ``spec`` names no file (exit 6).
+        UsageError: an unreadable, oversized (over 1 MiB) or empty file, or a line that
+            is not a ``str.format`` template with exactly one ``{}`` (a line such as
+            ``a {} on a {table}`` would fail at the first step; it fails here, before the
+            base model loads). Messages name the file and line, never the line's text.
     """
     if spec is None:
         spec = "style" if kind == "style" else "object"
     if isinstance(spec, str) and spec in BUILTIN:
         return list(BUILTIN[spec])
     path = Path(spec)
+    if not path.exists():
+        raise NotFound(
+            f"templates file {str(spec)!r} does not exist; expected 'object', 'style' or a "
+            "text file with one template per line",
+            path=str(path),
+        )
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as fh:
+            data = fh.read(MAX_TEMPLATES_BYTES + 1)
+        if len(data) > MAX_TEMPLATES_BYTES:
+            raise UsageError(
+                f"templates {str(spec)!r} is over {MAX_TEMPLATES_BYTES // 1024} KiB; expected "
+                "a text file with one template per line",
+                path=str(path),
+            )
+        text = data.decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise UsageError(
             f"templates {str(spec)!r}: expected 'object', 'style' or a readable UTF-8 text file "
@@ -97,13 +118,36 @@ def load_templates(spec: str | os.PathLike[str] | None, *, kind: str = "object")
         line = line.strip()
         if not line or line.startswith("#"):
             continue
-        if line.count("{}") != 1:
+        problem = _template_problem(line)
+        if problem:
             raise UsageError(
-                f"{path}:{number}: template {line!r} must contain exactly one '{{}}' where the "
-                "concept goes",
+                f"{path}:{number}: {problem}; expected exactly one '{{}}' where the concept goes "
+                "(write other braces as '{{' and '}}')",
                 path=str(path),
             )
         out.append(line)
     if not out:
         raise UsageError(f"{path}: no templates (one per line, each with '{{}}')", path=str(path))
     return out
+
+
+def _template_problem(line: str) -> str | None:
+    """Why ``line`` is not a template the loop can fill (``line.format(token)``), or None."""
+    import string
+
+    try:
+        fields = [f for _, f, _, _ in string.Formatter().parse(line) if f is not None]
+    except ValueError:
+        return "the line has an unmatched '{' or '}'"
+    if fields.count("") != 1 or len(fields) != 1:
+        named = [f for f in fields if f]
+        if named:
+            return f"the line has {len(named)} named field(s) besides '{{}}'"
+        return f"the line has {fields.count('')} '{{}}' fields"
+    if "{}" not in line:
+        return "the concept's field is not written as a plain '{}'"
+    try:
+        line.format("x")
+    except (IndexError, KeyError, ValueError):
+        return "the line is not a valid format string"
+    return None

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from conceptlib.errors import InvalidName, NameCollision, NaNLoss, TrainingError, UsageError
 from conceptlib.schemas.enums import Kind
@@ -97,11 +97,73 @@ class TrainResult:
         return out
 
 
-def _check_options(name: str, vectors: int, steps: int, lr: float, batch: int, kind: str) -> str:
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C (a ``KeyboardInterrupt``) during :func:`train`, with where the run stands.
+
+    It is still a ``KeyboardInterrupt``, so code catching that keeps working; ``str()``
+    is a one-line summary. ``conceptlib train`` turns it into lines naming the kept
+    checkpoint and the exact command that continues the run (exit status 130).
+
+    Attributes:
+        step: steps done when interrupted (``None``: training had not started).
+        total: the run's ``steps``.
+        run_dir: the run folder (``None``: interrupted before it was known).
+        checkpoint: the checkpoint kept for ``resume=True`` (``None``: none exists).
+        checkpoint_step: the step it holds, when known.
+        checkpoint_every: steps between checkpoints (0: none are written).
+    """
+
+    def __init__(
+        self,
+        *,
+        step: int | None,
+        total: int,
+        run_dir: Path | None,
+        checkpoint: Path | None,
+        checkpoint_step: int | None,
+        checkpoint_every: int,
+    ) -> None:
+        self.step = step
+        self.total = total
+        self.run_dir = run_dir
+        self.checkpoint = checkpoint
+        self.checkpoint_step = checkpoint_step
+        self.checkpoint_every = checkpoint_every
+        super().__init__(self.summary())
+
+    def summary(self) -> str:
+        at = f"at step {self.step} of {self.total}" if self.step is not None else "during set-up"
+        if self.checkpoint is not None:
+            held = f" (step {self.checkpoint_step})" if self.checkpoint_step is not None else ""
+            return f"interrupted {at}; the checkpoint{held} is kept at {self.checkpoint}"
+        every = (
+            f"every {self.checkpoint_every} steps"
+            if self.checkpoint_every
+            else "--checkpoint-every 0"
+        )
+        return f"interrupted {at}, before any checkpoint ({every}): nothing to resume"
+
+
+def _check_options(
+    name: str, init: str, vectors: int, steps: int, lr: float, batch: int, kind: str
+) -> str:
     from conceptlib.config import MAX_VECTORS
     from conceptlib.schemas.names import validate_name
+    from conceptlib.trainer.loop import placeholder_tokens
 
     name = validate_name(name)
+    if not init.strip():
+        raise UsageError("--init is empty; expected word(s) close to the concept, e.g. --init toy")
+    # The placeholder tokens are added to the tokenizer, past its embedding table:
+    # an initializer holding one has no vector to start from.
+    folded = init.casefold()
+    for token in placeholder_tokens(name, vectors):
+        if token in folded:
+            raise UsageError(
+                f"--init {init!r} holds {token!r}, the placeholder token this run adds for "
+                f"{name!r}; expected existing word(s) to start the vectors from",
+                hint="pass ordinary word(s) close to the concept, e.g. --init toy",
+            )
     if not 1 <= vectors <= MAX_VECTORS:
         raise UsageError(f"--vectors {vectors}: expected 1 to {MAX_VECTORS}")
     if steps < 1:
@@ -128,7 +190,7 @@ def _check_registrable(library: Library, name: str, tags: Sequence[str]) -> None
         raise InvalidName(
             f"the name {name!r} is an ordinary word: as a trigger it would silently change "
             f"what {name!r} means in every prompt",
-            hint=f"choose a distinctive name, e.g. {name}-style or my-{name}",
+            hint=f"choose a distinctive --name, e.g. {name}-style or my-{name}",
         )
     existing = library.find(name)
     if existing is not None:
@@ -137,6 +199,58 @@ def _check_registrable(library: Library, name: str, tags: Sequence[str]) -> None
             hint="choose another --name, or remove the existing entry first",
             existing=existing.name,
         )
+
+
+def _check_trigger(
+    name: str, vectors: int, tokenizers: Sequence[tuple[str, Any]], base: str
+) -> None:
+    """Refuse a name whose trigger token(s) are words of the base model's tokenizers.
+
+    The trigger of a concept is its name, and a multi-vector one adds ``name_1``...
+    too (:func:`~conceptlib.schemas.names.expansion_tokens`); every tokenizer (both of
+    SDXL) is checked with the rule the prompt loader applies
+    (:func:`~conceptlib.schemas.vocabulary.is_tokenizer_word`). Such a name would be
+    trained and registered, then refused by ``compose``, and an export would take over
+    the plain word in every UI (A1111 and ComfyUI match the file name).
+
+    Raises:
+        InvalidName: (exit 2) naming the token, the tokenizer and distinct names to use.
+    """
+    from conceptlib.schemas.names import expansion_tokens
+    from conceptlib.schemas.vocabulary import is_common_word, is_tokenizer_word
+
+    vocabs = [(slot, tok, tok.get_vocab()) for slot, tok in tokenizers]
+
+    def is_word(candidate: str) -> tuple[str, str] | None:
+        for t in expansion_tokens(candidate, vectors):
+            for slot, tok, vocab in vocabs:
+                if is_tokenizer_word(tok, t, vocab=vocab):
+                    return t, slot
+        return None
+
+    found = is_word(name)
+    if found is None:
+        return
+    token, slot = found
+    what = (
+        f"the name {name!r} is"
+        if token == name
+        else f"with --vectors {vectors}, the name {name!r} adds the token {token!r}, which is"
+    )
+    others = [
+        c
+        for c in (f"my-{name}", f"{name}-style", f"{name}-concept", f"{name}-ti")
+        if not is_common_word(c) and is_word(c) is None
+    ][:2]
+    raise InvalidName(
+        f"{what} already a word of {base}'s {slot} tokenizer: as a trigger it would change "
+        f"what {token!r} means in every prompt, here and in every UI it is exported to",
+        hint="choose a --name that is not a word"
+        + (f", e.g. {' or '.join(others)}" if others else ""),
+        name=name,
+        token=token,
+        tokenizer=slot,
+    )
 
 
 def _precision(precision: str | None, device: str) -> tuple[str, Any]:
@@ -188,8 +302,12 @@ def train(
 
     Args:
         images: image files and/or folders (a folder contributes its image files).
-        name: the concept's name in the catalog (also its trigger token).
-        init: initializer word(s); their tokens give the initial vectors, cycled.
+        name: the concept's name in the catalog (also its trigger token). When
+            registering, a name that is already a word of the base model's tokenizers
+            (``ukiyoe`` on a model that knows it; with ``vectors > 1`` also ``name_1``...;
+            both SDXL tokenizers) is refused before images or weights load.
+        init: initializer word(s); their tokens give the initial vectors, cycled. Must
+            be words of the base model's vocabulary (not the run's placeholder tokens).
         base: ``tiny-sd1``, ``tiny-sdxl``, a diffusers folder, a ``.safetensors``
             checkpoint, a repo id in the local Hugging Face cache, or an already
             loaded :class:`~conceptlib.models.base.BaseModel` (its tokenizers keep
@@ -203,14 +321,18 @@ def train(
         tags, description: stored with the entry.
         precision: ``bf16``/``fp16``/``fp32`` for the frozen models; default bf16 on
             CUDA, fp32 on a CPU. The trained vectors are always fp32.
-        resume: continue from the run folder's checkpoint.
+        resume: continue from the run folder's checkpoint. Its settings must match,
+            except ``lr``, ``precision``, ``steps`` and the device: each change is
+            recorded as ``{"step", "setting", "old", "new"}`` in the run's
+            ``config["resume_changes"]``.
         checkpoint_every: write a checkpoint every this many steps (0: never).
         sample_every: generate samples every this many steps (0: only at the end).
         sample_steps: denoising steps for samples (default 20 tiny, 30 otherwise).
         weight_decay, flip: AdamW weight decay; also train on mirrored images.
         compile: ``torch.compile`` the UNet (worth it on CUDA): ``True`` for inductor, or
             a backend's name.
-        device: ``cuda``, ``cpu`` or ``None`` (auto).
+        device: ``cpu``, ``cuda``, ``cuda:N``, ``mps``, or ``None``/``"auto"`` (CUDA when
+            available); checked first (:func:`~conceptlib.models.base.resolve_device`).
         base_config: for a single-file ``base``: the diffusers folder (or cached repo id)
             of a model of the same architecture, whose configs and tokenizers are used.
         min_images: fewest images accepted (default 3).
@@ -222,21 +344,29 @@ def train(
         log: called with each log line (initializer handling, warnings, checkpoints).
 
     Raises:
-        ImageError, BaseModelError, FamilyMismatch, UsageError, InvalidName,
-        NameCollision: bad inputs, all before any training step.
-        NaNLoss: the loss became NaN/Inf; the last good checkpoint is kept.
-        TrainingError: nothing to resume, or a checkpoint of a different run.
+        DeviceUnavailable, UsageError, InvalidName, NameCollision, ImageNotFound,
+        ImageError, BaseModelError, FamilyMismatch: bad inputs, all before any
+        training step (exit 2, 2, 2, 5, 6, 3, 3, 3 in the CLI).
+        NaNLoss: the loss became NaN/Inf, or the vectors left what the importer accepts
+            (non-finite, or beyond fp16's range); the last good checkpoint is kept.
+        TrainingError: an unfinished run without ``resume``, nothing to resume, or a
+            checkpoint of a different run or with vectors the importer would refuse.
+        TrainingInterrupted: Ctrl-C (a ``KeyboardInterrupt``), naming the checkpoint kept.
     """
     from conceptlib.config import load_settings
-    from conceptlib.models.base import BaseModel, load_base, resolve_device
+    from conceptlib.models.base import BaseModel, base_tokenizers, load_base, resolve_device
     from conceptlib.models.libraries import quiet_libraries
-    from conceptlib.trainer.checkpoint import CHECKPOINT_NAME, require_checkpoint
+    from conceptlib.trainer.checkpoint import require_checkpoint
     from conceptlib.trainer.images import MIN_TRAINING_IMAGES, load_training_images, to_pixels
     from conceptlib.trainer.loop import TextualInversion
     from conceptlib.trainer.templates import load_templates
 
-    run = _Run(progress=progress, log=log, steps=steps)
-    name = _check_options(name, vectors, steps, lr, batch, kind)
+    run = _Run(progress=progress, log=log, steps=steps, checkpoint_every=checkpoint_every)
+    name = _check_options(name, init, vectors, steps, lr, batch, kind)
+    loaded = base if isinstance(base, BaseModel) else None
+    if loaded is None:  # a device or precision this machine cannot use fails first
+        dev = resolve_device(device)
+        precision, dtype = _precision(precision, dev)
     owned_library = None
     if register and library is None:
         from conceptlib.registry.library import Library
@@ -246,8 +376,7 @@ def train(
         if register:
             _check_registrable(library, name, tags)
         settings = library.settings if library is not None else load_settings()
-        run.dir = Path(run_dir) if run_dir else settings.runs_dir / name
-        run.ckpt_path = run.dir / CHECKPOINT_NAME
+        run.set_dir(Path(run_dir) if run_dir else settings.runs_dir / name)
         if resume:
             require_checkpoint(run.ckpt_path)  # before the minutes of loading a base model
         elif run.ckpt_path.exists():
@@ -257,6 +386,15 @@ def train(
                 path=str(run.ckpt_path),
             )
         template_list = load_templates(templates, kind=kind)
+        tiny_cache = Path(cache_dir) if cache_dir else settings.cache_dir
+        if register:  # the trigger against the real vocabulary, before images and weights
+            early = (
+                [(s.slot, s.tokenizer) for s in loaded.slots]
+                if loaded is not None
+                else base_tokenizers(base, cache_dir=tiny_cache, config=base_config)
+            )
+            if early:
+                _check_trigger(name, vectors, early, str(getattr(base, "ref", base)))
 
         run.report(0, None, phase="setup")
         imgs = load_training_images(
@@ -264,16 +402,15 @@ def train(
         )
         for w in imgs.warnings:
             run.say(f"warning: {w}")
-        if isinstance(base, BaseModel):
-            bm = base
+        if loaded is not None:
+            bm = loaded
             precision = precision or {"torch.bfloat16": "bf16", "torch.float16": "fp16"}.get(
                 str(bm.dtype), "fp32"
             )
         else:
-            dev = resolve_device(device)
-            precision, dtype = _precision(precision, dev)
-            tiny_cache = Path(cache_dir) if cache_dir else settings.cache_dir
             bm = load_base(base, device=dev, dtype=dtype, cache_dir=tiny_cache, config=base_config)
+        if register:  # single-file checkpoints without --base-config get their tokenizers here
+            _check_trigger(name, vectors, [(s.slot, s.tokenizer) for s in bm.slots], bm.ref)
         if bm.is_tiny:
             run.say(f"note: {bm.ref} is a built-in test model; pass --base for a real one")
         res = int(resolution or bm.native_resolution)
@@ -296,7 +433,7 @@ def train(
             "checkpoint_every": checkpoint_every, "sample_every": sample_every,
             "weight_decay": weight_decay, "flip": flip, "compile": compile,
             "training_images_hash": imgs.hash, "training_image_count": imgs.count,
-            "conceptlib_version": _version(),
+            "conceptlib_version": _version(), "resume_changes": [],
         }  # fmt: skip
         # diffusers warns through its logger when the VAE is upcast for encoding, and
         # its SDXL pipeline with a FutureWarning when sampling in fp16: the library is quiet.
@@ -306,6 +443,7 @@ def train(
                 vectors=vectors, lr=lr, batch=batch, seed=seed, weight_decay=weight_decay,
                 flip=flip, compile=compile, total_steps=steps,
             )  # fmt: skip
+            run.engine = engine
             try:
                 for r in engine.init_reports:
                     msg = r.message(init)
@@ -322,6 +460,8 @@ def train(
                 )  # fmt: skip
             finally:
                 engine.close()
+    except KeyboardInterrupt as exc:
+        raise run.interrupted() from exc
     finally:
         if owned_library is not None:
             owned_library.close()
@@ -336,10 +476,13 @@ def _version() -> str:
 class _Run:
     """The bookkeeping of one ``train()`` call: log, progress, losses, samples, outputs."""
 
-    def __init__(self, *, progress: Any, log: Any, steps: int) -> None:
+    def __init__(self, *, progress: Any, log: Any, steps: int, checkpoint_every: int) -> None:
         self.progress = progress
         self.log = log
         self.steps = steps
+        self.checkpoint_every = checkpoint_every
+        self.engine: Any = None
+        self.dir_known = False
         self.lines: list[str] = []
         self.started = time.perf_counter()
         self.train_seconds = 0.0  # time spent in steps (not samples, not checkpoints)
@@ -352,6 +495,25 @@ class _Run:
         self.final_images: list[Any] = []
         self.dir = Path(".")
         self.ckpt_path = Path(".")
+
+    def set_dir(self, run_dir: Path) -> None:
+        from conceptlib.trainer.checkpoint import CHECKPOINT_NAME
+
+        self.dir = run_dir
+        self.ckpt_path = run_dir / CHECKPOINT_NAME
+        self.dir_known = True
+
+    def interrupted(self) -> TrainingInterrupted:
+        """What Ctrl-C leaves behind: the steps done and the checkpoint kept (if any)."""
+        ckpt = self.ckpt_path if self.dir_known and self.ckpt_path.is_file() else None
+        return TrainingInterrupted(
+            step=self.engine.step_count if self.engine is not None else None,
+            total=self.steps,
+            run_dir=self.dir if self.dir_known else None,
+            checkpoint=ckpt,
+            checkpoint_step=self.last_good if ckpt is not None else None,
+            checkpoint_every=self.checkpoint_every,
+        )
 
     def say(self, line: str) -> None:
         self.lines.append(line)
@@ -369,14 +531,52 @@ class _Run:
         return self.previous_wall + (time.perf_counter() - self.started)
 
     def resume(self, engine: Any, config: dict[str, Any]) -> None:
-        from conceptlib.trainer.checkpoint import check_resumable, load_checkpoint
+        """Continue from the checkpoint: same settings except :data:`RESUME_MAY_CHANGE
+        <conceptlib.trainer.checkpoint.RESUME_MAY_CHANGE>`, each change recorded in
+        ``config["resume_changes"]``; vectors that would fail the importer are refused."""
+        from conceptlib.trainer.checkpoint import check_resumable, load_checkpoint, vectors_problem
 
-        state, saved = load_checkpoint(self.ckpt_path)
-        check_resumable(saved, config, int(state["step"]), self.ckpt_path)
-        engine.load_state_dict(state)
-        self.previous_wall = float(state.get("wall_time_s", 0.0))
+        path = self.ckpt_path
+        state, saved = load_checkpoint(path)
+        try:
+            step = int(state["step"])
+            wall = float(state.get("wall_time_s", 0.0))
+            vectors = state["vectors"]
+            shapes = {k: tuple(v.shape) for k, v in vectors.items()}
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise TrainingError(f"{path}: unreadable checkpoint ({exc!r})", path=str(path)) from exc
+        changes = check_resumable(saved, config, step, path)
+        expected = {k: tuple(p.shape) for k, p in engine.params.items()}
+        if shapes != expected:
+            raise TrainingError(
+                f"cannot resume {path}: it holds vectors {shapes}, this run trains {expected}",
+                hint="delete the checkpoint to start over",
+                path=str(path),
+            )
+        problem = vectors_problem(vectors)
+        if problem is not None:
+            raise TrainingError(
+                f"cannot resume {path}: its vectors at step {step} would not pass the import "
+                f"checks ({problem})",
+                hint="delete the checkpoint and start over with a lower --lr",
+                path=str(path),
+            )
+        try:
+            engine.load_state_dict(state)
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as exc:
+            raise TrainingError(
+                f"{path}: the checkpoint does not fit this run ({type(exc).__name__}: {exc})",
+                path=str(path),
+            ) from exc
+        engine.set_lr(config["lr"])  # the optimizer state carries the checkpoint's rate
+        fresh = changes[len(saved.get("resume_changes") or []) :]
+        config["resume_changes"] = changes
+        self.previous_wall = wall
         self.resumed_from = self.last_good = engine.step_count
-        self.say(f"resumed from {self.ckpt_path} at step {engine.step_count}")
+        shown = ", ".join(f"{c['setting']} {c['old']} -> {c['new']}" for c in fresh)
+        self.say(
+            f"resumed from {path} at step {engine.step_count}" + (f" with {shown}" if shown else "")
+        )
 
     def samples(self, engine: Any, step: int, n_steps: int) -> None:
         from conceptlib.trainer.checkpoint import atomic_write_bytes
@@ -403,7 +603,7 @@ class _Run:
         """Step until ``steps``; read the loss at sync points; checkpoint and sample."""
         import numpy as np
 
-        from conceptlib.trainer.checkpoint import save_checkpoint
+        from conceptlib.trainer.checkpoint import save_checkpoint, vectors_problem
 
         steps = self.steps
         self.losses = engine.read_losses(0, engine.step_count)
@@ -422,31 +622,54 @@ class _Run:
             self.train_seconds += time.perf_counter() - tick
             bad = next((i for i, v in enumerate(fresh) if not math.isfinite(v)), None)
             if bad is not None:
-                self._nan(read_upto + bad + 1, fresh[bad])
+                self._nan(read_upto + bad + 1, fresh[bad], config)
             self.losses.extend(fresh)
             read_upto = s
             rate = (s - first) / self.train_seconds if self.train_seconds > 0 else None
             self.report(s, float(np.mean(fresh)), rate=rate)
             if ckpt_now:
                 state = engine.state_dict()
-                if all(bool(np.isfinite(v.numpy()).all()) for v in state["vectors"].values()):
-                    state["wall_time_s"] = self.wall()
-                    save_checkpoint(self.ckpt_path, state, config)
-                    self.last_good = s
+                # A checkpoint is "good" (kept on NaN, resumed from) only with vectors
+                # the importer would take: finite and within fp16's range.
+                problem = vectors_problem(state["vectors"])
+                if problem is not None:
+                    self._diverged(s, problem, config)
+                state["wall_time_s"] = self.wall()
+                save_checkpoint(self.ckpt_path, state, config)
+                self.last_good = s
             if sample_now:
                 self.samples(engine, s, sample_steps)
             tick = time.perf_counter()
         self.samples(engine, steps, sample_steps)
 
-    def _nan(self, step: int, value: float) -> None:
-        kept = (
-            f"the last good checkpoint (step {self.last_good}) is kept at {self.ckpt_path}"
-            if self.last_good is not None
-            else "no checkpoint had been written yet"
-        )
+    def _kept(self) -> str:
+        if self.last_good is None:
+            return "no checkpoint had been written yet"
+        return f"the last good checkpoint (step {self.last_good}) is kept at {self.ckpt_path}"
+
+    def _remedy(self, config: dict[str, Any]) -> str:
+        """The hint after a NaN loss or diverged vectors: options ``train`` has."""
+        lower = f"{float(config['lr']) / 2:g}"
+        if self.last_good is not None:
+            hint = f"resume with a lower learning rate: --resume --lr {lower}"
+        else:
+            hint = f"start again with a lower learning rate: --lr {lower}"
+        if config.get("precision") == "fp16":
+            hint += " (or --precision bf16 or fp32 instead of fp16)"
+        return hint
+
+    def _nan(self, step: int, value: float, config: dict[str, Any]) -> NoReturn:
         raise NaNLoss(
-            f"the loss became {value} at step {step}; training stopped and {kept}",
-            hint="lower --lr, or use --precision bf16/fp32 instead of fp16",
+            f"the loss became {value} at step {step}; training stopped and {self._kept()}",
+            hint=self._remedy(config),
+            step=step,
+            checkpoint=str(self.ckpt_path) if self.last_good is not None else None,
+        )
+
+    def _diverged(self, step: int, problem: str, config: dict[str, Any]) -> NoReturn:
+        raise NaNLoss(
+            f"the vectors diverged by step {step} ({problem}); training stopped and {self._kept()}",
+            hint=self._remedy(config),
             step=step,
             checkpoint=str(self.ckpt_path) if self.last_good is not None else None,
         )
@@ -470,10 +693,14 @@ class _Run:
         import numpy as np
 
         from conceptlib.registry.formats.embedding import Embedding
-        from conceptlib.trainer.checkpoint import atomic_write_bytes
+        from conceptlib.trainer.checkpoint import atomic_write_bytes, vectors_problem
         from conceptlib.trainer.report import loss_curve_png, png_bytes, sample_grid_png
 
-        emb = Embedding.from_slots(engine.vectors())
+        vectors = engine.vectors()
+        problem = vectors_problem(vectors)
+        if problem is not None:
+            self._diverged(self.steps, problem, config)
+        emb = Embedding.from_slots(vectors)
         window = self.losses[-FINAL_LOSS_WINDOW:]
         final_loss = float(np.mean(window)) if window else float("nan")
         emb_path = self.dir / "learned_embeds.safetensors"

@@ -8,8 +8,10 @@ back:
 - :mod:`.write`: every layout we write.
 - :mod:`.safe_pickle`: the opcode allow-list walk that every pickle passes before
   ``torch.load(weights_only=True)``.
+- :mod:`.sniff`: torch zip, pickle, 7z and tar recognised by their first bytes.
 - :mod:`.safetensors_io`: a strict safetensors reader and writer.
-- :mod:`.png_embed`: A1111's PNG (and WebP) embeddings.
+- :mod:`.png_embed`: A1111's embedding images (PNG text chunk; PNG and WebP pixel
+  strips).
 
 The public names below are re-exported so ``conceptlib.registry.formats`` keeps
 working as the single import for readers and writers.

@@ -1,19 +1,37 @@
-"""A1111's "embedding in an image": a PNG whose ``sd-ti-embedding`` text chunk holds
-the embedding as base64 JSON, tensors written as ``{"TORCHTENSOR": [[...], ...]}``.
+"""A1111's "embedding in an image": a PNG or WebP that carries the embedding twice.
 
-The PNG is parsed here chunk by chunk, with a CRC check on every chunk and caps on
-chunk and text sizes; the pixels are never decoded, so a decompression bomb in the
-image data costs nothing. Only the ``sd-ti-embedding`` chunk is decompressed, with a
-bounded output. A1111 also hides a copy in the picture's side strips; conceptlib
-reads the text chunk only, and says so when a PNG or WebP has none.
+1. A PNG text chunk ``sd-ti-embedding`` holds the embedding as base64 JSON, tensors
+   written as ``{"TORCHTENSOR": [[...], ...]}``. The PNG is parsed here chunk by
+   chunk, with a CRC check on every chunk and caps on chunk and text sizes; only
+   that chunk is decompressed, with a bounded output.
+2. The picture's side strips hold the same JSON (A1111's
+   ``modules/textual_inversion/image_embedding.py``, ``insert_image_data_embed``):
+   zlib-compressed, each byte split into its high and low nibble, the two nibble
+   streams laid out row by row as RGB pixels ``[height, columns, 3]`` in a strip
+   left of the picture (low nibbles) and one right of it (high nibbles), each
+   separated from the picture by one black column; each strip's nibbles are XOR-ed
+   with the low nibble of an LCG key stream (``a = 1664525``, ``c = 1013904223``,
+   ``m = 2**32``, seed 0, each state taken ``% 255``) and the high nibbles of the
+   strips carry a decorative dot pattern. Reading crops black borders, takes the
+   first and last all-zero (low nibble) columns as the separators, XORs the key
+   stream back, joins the nibbles and inflates. This is the only copy a WebP has,
+   and the one left when a PNG's text chunks were stripped (by an image host or an
+   editor).
+
+The text chunk is read when present (as A1111 does); the pixels are decoded only
+without it, after the image's dimensions are checked against :data:`MAX_IMAGE_SIDE`
+and :data:`MAX_IMAGE_PIXELS`, with Pillow's decompression-bomb check made an error,
+and the inflated JSON is capped like the text chunk's.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import io
 import json
 import struct
+import warnings
 import zlib
 from collections.abc import Iterator
 from typing import Any
@@ -24,6 +42,7 @@ from conceptlib.errors import (
     AmbiguousEmbedding,
     BadTensor,
     CorruptFile,
+    EmbeddingFileError,
     FileTooLarge,
     UnsupportedContent,
 )
@@ -35,6 +54,13 @@ MAX_CHUNK_BYTES = 16 * 1024 * 1024
 #: Largest decoded text (after zTXt/iTXt decompression) of the embedding chunk.
 MAX_TEXT_BYTES = 16 * 1024 * 1024
 MAX_CHUNKS = 100_000
+#: Largest side and pixel count decoded when looking for the side-strip encoding. A
+#: 75-vector SD 2.x embedding needs about 0.5 M pixels of strips; the caps leave room
+#: for a large preview and keep the decoded RGB array under 50 MB.
+MAX_IMAGE_SIDE = 16_384
+MAX_IMAGE_PIXELS = 16 * 1024 * 1024
+#: A1111's key stream (``image_embedding.lcg``): a 32-bit LCG from seed 0.
+LCG_A, LCG_C, LCG_M = 1664525, 1013904223, 2**32
 
 
 def is_png(data: bytes) -> bool:
@@ -90,16 +116,17 @@ def iter_png_chunks(data: bytes, *, path: str | None = None) -> Iterator[tuple[b
         pos = end
 
 
-def _inflate(blob: bytes, what: str, path: str | None) -> bytes:
+def _inflate(blob: bytes, what: str, path: str | None, *, whole: bool = False) -> bytes:
+    """zlib-inflate ``blob`` to at most :data:`MAX_TEXT_BYTES`; ``whole``: the stream must end."""
     inflater = zlib.decompressobj()
     try:
         out = inflater.decompress(blob, MAX_TEXT_BYTES + 1)
     except zlib.error as exc:
-        raise CorruptFile(f"PNG {what} does not decompress ({exc})", path=path) from None
+        raise CorruptFile(f"{what} does not decompress ({exc})", path=path) from None
     if len(out) > MAX_TEXT_BYTES or inflater.unconsumed_tail:
-        raise FileTooLarge(
-            f"PNG {what} decompresses to more than {MAX_TEXT_BYTES} bytes", path=path
-        )
+        raise FileTooLarge(f"{what} decompresses to more than {MAX_TEXT_BYTES} bytes", path=path)
+    if whole and not inflater.eof:
+        raise CorruptFile(f"{what} is truncated (its zlib stream does not end)", path=path)
     return out
 
 
@@ -111,24 +138,24 @@ def _text_of(ctype: bytes, body: bytes, path: str | None) -> tuple[str, bytes | 
     key = key_raw.decode("latin-1")
     if key != TEXT_KEY:
         return key, None
-    what = f"{ctype.decode('ascii')} chunk {TEXT_KEY!r}"
+    what = f"PNG {ctype.decode('ascii')} chunk {TEXT_KEY!r}"
     if ctype == b"tEXt":
         return key, rest
     if ctype == b"zTXt":
         if not rest or rest[0] != 0:
-            raise CorruptFile(f"PNG {what} uses an unknown compression method", path=path)
+            raise CorruptFile(f"{what} uses an unknown compression method", path=path)
         return key, _inflate(rest[1:], what, path)
     # iTXt: flag, method, language\0, translated keyword\0, UTF-8 text
     if len(rest) < 2:
-        raise CorruptFile(f"PNG {what} is truncated", path=path)
+        raise CorruptFile(f"{what} is truncated", path=path)
     flag, method = rest[0], rest[1]
     parts = rest[2:].split(b"\x00", 2)
     if len(parts) != 3:
-        raise CorruptFile(f"PNG {what} is malformed", path=path)
+        raise CorruptFile(f"{what} is malformed", path=path)
     text = parts[2]
     if flag:
         if method != 0:
-            raise CorruptFile(f"PNG {what} uses an unknown compression method", path=path)
+            raise CorruptFile(f"{what} uses an unknown compression method", path=path)
         text = _inflate(text, what, path)
     return key, text
 
@@ -144,39 +171,180 @@ def _tensor_hook(obj: dict[str, Any]) -> Any:
     return obj
 
 
+def _decode_json(raw: bytes, what: str, path: str | None) -> dict[str, Any]:
+    """A1111's embedding JSON (tensors as ``TORCHTENSOR`` lists) to a dict of arrays."""
+    try:
+        obj = json.loads(raw.decode("utf-8"), object_hook=_tensor_hook)
+    except BadTensor as exc:
+        raise BadTensor(exc.message, path=path) from None
+    except UnicodeDecodeError:
+        raise CorruptFile(f"{what} does not hold UTF-8 JSON", path=path) from None
+    except json.JSONDecodeError as exc:
+        raise CorruptFile(f"{what} is not JSON ({exc.msg} at {exc.pos})", path=path) from None
+    except ValueError:  # an integer too long to parse (Python's int_max_str_digits)
+        raise CorruptFile(f"{what} holds a number too long to parse", path=path) from None
+    except RecursionError:
+        raise CorruptFile(f"{what} nests JSON too deeply", path=path) from None
+    if not isinstance(obj, dict):
+        raise UnsupportedContent(
+            f"{what} holds a JSON {type(obj).__name__}; expected an object with string_to_param",
+            path=path,
+        )
+    return obj
+
+
 def decode_embedding_text(text: bytes, *, path: str | None = None) -> dict[str, Any]:
     """Decode A1111's base64 JSON (tensors as ``TORCHTENSOR`` lists) to a dict of arrays."""
     try:
         raw = base64.b64decode(b"".join(text.split()), validate=True)
     except (binascii.Error, ValueError):
         raise CorruptFile(f"PNG chunk {TEXT_KEY!r} is not base64", path=path) from None
-    try:
-        obj = json.loads(raw.decode("utf-8"), object_hook=_tensor_hook)
-    except BadTensor as exc:
-        raise BadTensor(exc.message, path=path) from None
-    except UnicodeDecodeError:
-        raise CorruptFile(f"PNG chunk {TEXT_KEY!r} does not hold UTF-8 JSON", path=path) from None
-    except json.JSONDecodeError as exc:
-        raise CorruptFile(
-            f"PNG chunk {TEXT_KEY!r} is not JSON ({exc.msg} at {exc.pos})", path=path
-        ) from None
-    except ValueError:  # an integer too long to parse (Python's int_max_str_digits)
-        raise CorruptFile(
-            f"PNG chunk {TEXT_KEY!r} holds a number too long to parse", path=path
-        ) from None
-    except RecursionError:
-        raise CorruptFile(f"PNG chunk {TEXT_KEY!r} nests JSON too deeply", path=path) from None
-    if not isinstance(obj, dict):
-        raise UnsupportedContent(
-            f"PNG chunk {TEXT_KEY!r} holds a JSON {type(obj).__name__}; expected an object with "
-            "string_to_param",
+    return _decode_json(raw, f"PNG chunk {TEXT_KEY!r}", path)
+
+
+# --------------------------------------------------------------------------- side strips
+
+
+def lcg_key(n: int) -> np.ndarray:
+    """The first ``n`` values of A1111's key stream, low nibble only (uint8 ``[n]``).
+
+    State ``s_{k+1} = (a * s_k + c) mod 2**32`` from ``s_0 = 0``; value ``s_k % 255``
+    (A1111's ``image_embedding.lcg``), of which the strips use ``& 0x0F``. Computed
+    by doubling: the states ``k..2k`` are the states ``0..k`` advanced by ``k`` steps,
+    one affine map whose coefficients compose; so no Python loop per pixel.
+    """
+    states = np.empty(n, dtype=np.uint64)
+    if n:
+        states[0] = LCG_C
+    filled, a_k, c_k = 1, LCG_A, LCG_C  # (a_k, c_k): advance by `filled` steps
+    while filled < n:
+        take = min(filled, n - filled)
+        states[filled : filled + take] = (
+            states[:take] * np.uint64(a_k) + np.uint64(c_k)
+        ) & np.uint64(LCG_M - 1)  # < 2**64: both factors are below 2**32
+        a_k, c_k = (a_k * a_k) % LCG_M, (a_k * c_k + c_k) % LCG_M
+        filled += take
+    return ((states % np.uint64(255)) & np.uint64(0x0F)).astype(np.uint8)
+
+
+def _strips(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """The low- and high-nibble strips of an ``[h, w, 3]`` uint8 picture, or None.
+
+    None when the picture has no two all-zero (low nibble) columns with equal,
+    non-empty strips outside them: a plain picture.
+    """
+    lit = (rgb > 0).all(axis=2)  # black borders: no pixel with every channel lit
+    rows, cols = np.flatnonzero(lit.any(axis=1)), np.flatnonzero(lit.any(axis=0))
+    if not rows.size:
+        return None
+    low = rgb[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1] & 0x0F
+    black = np.flatnonzero(~low.any(axis=(0, 2)))
+    if black.size < 2:
+        return None
+    lower, upper = low[:, : black[0]], low[:, black[-1] + 1 :]
+    if not lower.size or lower.shape != upper.shape:
+        return None
+    return lower, upper
+
+
+def _looks_like_zlib(head: bytes) -> bool:
+    """RFC 1950 header: deflate, a window of at most 32 KiB, no preset dictionary, FCHECK."""
+    return (
+        len(head) >= 2
+        and head[0] & 0x0F == 8
+        and head[0] >> 4 <= 7
+        and not head[1] & 0x20
+        and (head[0] << 8 | head[1]) % 31 == 0
+    )
+
+
+def _strip_bytes(rgb: np.ndarray, *, head_only: bool = False) -> bytes | None:
+    """The zlib stream A1111 hid in the strips (or its first 2 bytes), or None."""
+    found = _strips(rgb)
+    if found is None:
+        return None
+    lower, upper = found
+    if head_only:  # the first two bytes are the first pixel's red and green
+        lower, upper = lower[0, 0, :2], upper[0, 0, :2]
+    key = lcg_key(lower.size).reshape(lower.shape)
+    joined = ((upper ^ key) << 4) | (lower ^ key)
+    out = joined.tobytes()
+    return out if _looks_like_zlib(out) else None
+
+
+def _check_size(width: int, height: int, fmt: str, path: str | None) -> None:
+    if width > MAX_IMAGE_SIDE or height > MAX_IMAGE_SIDE or width * height > MAX_IMAGE_PIXELS:
+        raise FileTooLarge(
+            f"{fmt} image is {width} x {height} pixels; expected at most {MAX_IMAGE_SIDE} a side "
+            f"and {MAX_IMAGE_PIXELS} pixels (an embedding image is a preview with two strips)",
             path=path,
         )
-    return obj
+
+
+def _decode_rgb(data: bytes, fmt: str, path: str | None) -> np.ndarray:
+    """Decode the picture as ``[h, w, 3]`` uint8 after checking its size from the header.
+
+    A PNG's size comes from its IHDR (already checked by :func:`iter_png_chunks`)
+    before Pillow sees the file; a WebP's from Pillow's header parse, before any
+    pixel is decoded.
+
+    Raises:
+        FileTooLarge: a side over :data:`MAX_IMAGE_SIDE` or more than
+            :data:`MAX_IMAGE_PIXELS` pixels, or Pillow's decompression-bomb check
+            (its warning made an error).
+        CorruptFile: Pillow cannot decode the image.
+    """
+    from PIL import Image
+
+    if fmt == "PNG":
+        _check_size(*struct.unpack(">II", data[16:24]), fmt, path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data), formats=[fmt]) as im:
+                _check_size(*im.size, fmt, path)
+                return np.asarray(im.convert("RGB"), dtype=np.uint8)
+    except EmbeddingFileError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise FileTooLarge(f"{fmt} image is too large to decode ({exc})", path=path) from None
+    except MemoryError:
+        raise FileTooLarge(f"{fmt} image is too large to decode", path=path) from None
+    except Exception as exc:  # Pillow raises OSError, ValueError, SyntaxError, EOFError...
+        lines = str(exc).strip().splitlines() or [type(exc).__name__]
+        raise CorruptFile(f"{fmt} image cannot be decoded ({lines[0][:120]})", path=path) from None
+
+
+def read_strip_embedding(
+    data: bytes, fmt: str, *, path: str | None = None
+) -> dict[str, Any] | None:
+    """The embedding A1111 hid in a PNG's or WebP's side strips, or None for a plain picture.
+
+    Args:
+        data: the image file.
+        fmt: ``"PNG"`` or ``"WEBP"`` (the container, already recognised).
+        path: where it came from, for messages.
+
+    Returns:
+        The decoded dict, as :func:`read_png_embedding`; None when the picture has no
+        strips whose first bytes start a zlib stream.
+
+    Raises:
+        FileTooLarge: the image's dimensions (before decoding) or the inflated JSON
+            exceed the caps.
+        CorruptFile: the image cannot be decoded, or strips that start a zlib stream
+            do not inflate to complete UTF-8 JSON.
+        BadTensor, UnsupportedContent: as for the text chunk.
+    """
+    blob = _strip_bytes(_decode_rgb(data, fmt, path))
+    if blob is None:
+        return None
+    what = f"{fmt} side-strip data"
+    return _decode_json(_inflate(blob, what, path, whole=True), what, path)
 
 
 def read_png_embedding(data: bytes, *, path: str | None = None) -> dict[str, Any]:
-    """Return the A1111 embedding dict stored in a PNG's ``sd-ti-embedding`` chunk.
+    """Return the A1111 embedding dict stored in a PNG: its text chunk, else its side strips.
 
     Args:
         data: the PNG file.
@@ -187,10 +355,9 @@ def read_png_embedding(data: bytes, *, path: str | None = None) -> dict[str, Any
         ``name``, ``step``, ``sd_checkpoint`` ... as written).
 
     Raises:
-        CorruptFile: broken PNG structure, CRC, base64 or JSON.
-        FileTooLarge: oversized chunks or decompressed text.
-        UnsupportedContent: a PNG without the chunk (a plain image, or an embedding
-            kept only in the image's side strips).
+        CorruptFile: broken PNG structure, CRC, base64, JSON, pixels or strip data.
+        FileTooLarge: oversized chunks, decompressed text, image dimensions or strip data.
+        UnsupportedContent: a PNG with neither the chunk nor the strips (a plain image).
         AmbiguousEmbedding: several ``sd-ti-embedding`` chunks that differ.
     """
     found: list[bytes] = []
@@ -199,27 +366,34 @@ def read_png_embedding(data: bytes, *, path: str | None = None) -> dict[str, Any
             _key, text = _text_of(ctype, body, path)
             if text is not None:
                 found.append(text)
-    if not found:
-        raise UnsupportedContent(
-            f"PNG image has no {TEXT_KEY!r} text chunk; expected an A1111 embedding image "
-            "(embeddings kept only in the picture's side strips are not read)",
-            path=path,
-        )
     if len(set(found)) > 1:
         raise AmbiguousEmbedding(
             f"PNG has {len(found)} different {TEXT_KEY!r} chunks; expected one",
             path=path,
             candidates=[f"chunk {i}" for i in range(len(found))],
         )
-    return decode_embedding_text(found[0], path=path)
+    if found:
+        return decode_embedding_text(found[0], path=path)
+    obj = read_strip_embedding(data, "PNG", path=path)
+    if obj is None:
+        raise UnsupportedContent(
+            f"PNG image has no {TEXT_KEY!r} text chunk and no embedding in the picture's side "
+            "strips; expected an A1111 embedding image",
+            path=path,
+        )
+    return obj
 
 
 def read_webp_embedding(data: bytes, *, path: str | None = None) -> dict[str, Any]:
-    """WebP embedding images carry the data only in their side strips: refused clearly.
+    """Return the A1111 embedding dict kept in a (lossless) WebP's side strips.
+
+    A WebP has no text chunk for it: A1111 reads the strips only.
 
     Raises:
-        CorruptFile: a RIFF header whose size does not match the file.
-        UnsupportedContent: always otherwise.
+        CorruptFile: a RIFF header whose size does not match the file; pixels that
+            cannot be decoded; broken strip data.
+        FileTooLarge: image dimensions or strip data over the caps.
+        UnsupportedContent: a WebP without the strips (a plain image, or a lossy one).
     """
     (size,) = struct.unpack("<I", data[4:8])
     if size + 8 > len(data):
@@ -227,12 +401,44 @@ def read_webp_embedding(data: bytes, *, path: str | None = None) -> dict[str, An
             f"WebP header claims {size + 8} bytes but the file has {len(data)} (truncated)",
             path=path,
         )
-    raise UnsupportedContent(
-        "WebP image: an embedding in a WebP is kept only in the picture's side strips, which "
-        f"conceptlib does not read; expected a PNG with an {TEXT_KEY!r} chunk, .pt or "
-        ".safetensors",
-        path=path,
-    )
+    obj = read_strip_embedding(data, "WEBP", path=path)
+    if obj is None:
+        raise UnsupportedContent(
+            "WebP image has no embedding in the picture's side strips (a plain or lossy "
+            "image); expected an A1111 embedding image, a PNG with an "
+            f"{TEXT_KEY!r} chunk, .pt or .safetensors",
+            path=path,
+        )
+    return obj
+
+
+def image_may_hold_embedding(data: bytes) -> bool:
+    """Whether an image found in a folder should be tried as an embedding.
+
+    True for a PNG with an ``sd-ti-embedding`` text chunk anywhere (its chunks are
+    walked, so the position does not matter), and for a PNG or WebP whose side
+    strips start a zlib stream (the picture is decoded within the size caps, and
+    only the first two strip bytes are un-XOR-ed). A damaged PNG naming the chunk is
+    tried too, so the damage is reported. Anything else (JPEG, plain pictures,
+    oversized images) is not: never raises.
+    """
+    png = is_png(data)
+    if png:
+        try:
+            for ctype, body in iter_png_chunks(data):
+                if ctype in (b"tEXt", b"zTXt", b"iTXt") and body.startswith(
+                    TEXT_KEY.encode() + b"\x00"
+                ):
+                    return True
+        except (CorruptFile, FileTooLarge):
+            return TEXT_KEY.encode() in data
+    elif not is_webp(data):
+        return False
+    try:
+        rgb = _decode_rgb(data, "PNG" if png else "WEBP", None)
+    except (CorruptFile, FileTooLarge):
+        return False
+    return _strip_bytes(rgb, head_only=True) is not None
 
 
 # --------------------------------------------------------------------------- writing

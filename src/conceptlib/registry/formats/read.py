@@ -103,8 +103,8 @@ _LFS_PREFIXES = (
 )
 _SUPPORTED = (
     "safetensors ({token: [n,d]}, emb_params, clip_l+clip_g, text_encoders_0/1), PyTorch "
-    ".pt/.bin (A1111 string_to_param, emb_params, {token: tensor}), an A1111 PNG with an "
-    "sd-ti-embedding chunk"
+    ".pt/.bin (A1111 or the Textual Inversion paper's string_to_param, emb_params, "
+    "{token: tensor}), an A1111 embedding image (PNG or WebP: sd-ti-embedding chunk or side strips)"
 )
 
 
@@ -299,7 +299,12 @@ _MAGIC_NAMES = (
 
 
 def describe_bytes(data: bytes) -> str:
-    """A short human description of what the first bytes of a file look like."""
+    """A short human description of what the first bytes of a file look like.
+
+    Never the file's content (``../shared/STYLE.md``: an error says what was expected,
+    it does not echo what was found): known magic numbers by name, text by its kind,
+    other binary data by the hex of its first 8 bytes (a magic number to look up).
+    """
     for magic, what in _MAGIC_NAMES:
         if data.startswith(magic):
             return what
@@ -317,8 +322,8 @@ def describe_bytes(data: bytes) -> str:
             kind = "JSON-like text"
         elif stripped.startswith("<"):
             kind = "XML-like text"
-        return f"{kind} starting {text[:40]!r}"
-    return f"binary data starting {data[:16].hex(' ')}"
+        return f"{kind} ({len(data)} bytes)"
+    return f"binary data starting {data[:8].hex(' ')}"
 
 
 def _load_container(data: bytes, path: str | None) -> _Loaded:
@@ -380,6 +385,9 @@ def _read_a1111(obj: Mapping[Any, Any], loaded: _Loaded, path: str | None) -> Pa
     emb = Embedding.from_single(value, key=f"string_to_param[{keys[0]!r}]", path=path)
     name = obj.get("name")
     metadata = {**loaded.metadata, **_extras(obj, {"string_to_param", "name"})}
+    ids = _token_ids(obj.get("string_to_token"))
+    if ids:
+        metadata["string_to_token"] = ids
     if isinstance(params, ParameterDictContents):
         metadata["parameter_dict"] = True
     return ParsedFile(
@@ -390,6 +398,24 @@ def _read_a1111(obj: Mapping[Any, Any], loaded: _Loaded, path: str | None) -> Pa
         name_hint=name if isinstance(name, str) and name else None,
         metadata=metadata,
     )
+
+
+def _token_ids(value: Any) -> dict[str, int] | None:
+    """``string_to_token`` as ``{term: id}``: A1111 writes ints, the paper's code int64 tensors.
+
+    The Textual Inversion authors' ``EmbeddingManager.save`` keeps each id as a 0-d
+    int64 tensor (a view into the tokenizer's output); only one-element integer
+    tensors and ints are taken, the rest is left out of the metadata.
+    """
+    if not isinstance(value, Mapping) or len(value) > 16:
+        return None
+    out: dict[str, int] = {}
+    for key, tid in value.items():
+        if _is_tensor(tid) and "int" in str(tid.dtype) and int(np.prod(_shape(tid))) == 1:
+            tid = int(tid.reshape(-1)[0])
+        if isinstance(key, str) and isinstance(tid, int) and not isinstance(tid, bool):
+            out[key] = tid
+    return out or None
 
 
 def _is_sdxl(obj: Mapping[Any, Any]) -> bool:

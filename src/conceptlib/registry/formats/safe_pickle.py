@@ -15,9 +15,12 @@ stack and checks that
   storage type inside a persistent id, a class for ``NEWOBJ``/``BUILD``);
 * only opcodes that plain containers, tensors and ``ParameterDict`` need appear (no
   ``INST``/``OBJ``/``EXT*``/``NEWOBJ_EX``/``PERSID``/out-of-band buffers);
-* every persistent id is torch's storage tuple, naming a record that exists and
-  whose declared size fits an embedding (a claim of gigabytes is refused before
-  anything is allocated).
+* every persistent id is torch's storage tuple, naming a float storage (or int64,
+  which the Textual Inversion paper's code uses for token ids: loaded as data, never
+  as vectors), a record that exists and a declared size that fits an embedding (a
+  claim of gigabytes is refused before anything is allocated);
+* every tensor's offset, size and stride are counts that keep it inside its storage,
+  and no tensor claims more elements than an embedding holds (a stride-0 view).
 
 Everything found is collected before deciding, so a malicious ``REDUCE`` followed by
 a deliberately broken stream is reported as unsafe, not as merely corrupt.
@@ -36,6 +39,7 @@ from typing import Any
 
 from conceptlib.config import MAX_EMBEDDING_FILE_BYTES
 from conceptlib.errors import CorruptFile, FileTooLarge, UnsafeFile, UnsupportedContent
+from conceptlib.registry.formats.sniff import is_7z, is_pickle, is_tar, is_zip
 
 # --------------------------------------------------------------------------- limits
 
@@ -54,13 +58,19 @@ LEGACY_PROTOCOL_VERSION = 1001
 # --------------------------------------------------------------------------- allow-list
 
 #: Storage types torch 1.x-2.x writes in persistent ids, with their element sizes.
-#: Only float types: an embedding is float vectors.
-STORAGE_TYPES: dict[tuple[str, str], int] = {
+#: Float types hold the vectors; int64 holds token ids: the Textual Inversion
+#: authors' LDM code (rinongal/textual_inversion, ``EmbeddingManager.save``) keeps
+#: ``string_to_token`` as ``{"*": tensor(token_id)}``, a 0-d view into the
+#: tokenizer's ``[1, 77]`` int64 output. Other integer and bool storages appear in
+#: no embedding file and stay refused (as unsupported content, not as a threat).
+FLOAT_STORAGE_TYPES: dict[tuple[str, str], int] = {
     ("torch", "FloatStorage"): 4,
     ("torch", "HalfStorage"): 2,
     ("torch", "BFloat16Storage"): 2,
     ("torch", "DoubleStorage"): 8,
 }
+INT_STORAGE_TYPES: dict[tuple[str, str], int] = {("torch", "LongStorage"): 8}
+STORAGE_TYPES: dict[tuple[str, str], int] = {**FLOAT_STORAGE_TYPES, **INT_STORAGE_TYPES}
 
 #: Callables a pickle may ``REDUCE``: exactly what ``torch.save`` emits for tensors,
 #: parameters and dicts (tests/test_safe_pickle.py checks the list against real files).
@@ -90,8 +100,9 @@ CLASSES: dict[tuple[str, str], str] = {
 ALLOWED_GLOBALS: dict[str, str] = {
     **{
         f"{m}.{n}": f"storage type in persistent ids ({size}-byte floats)"
-        for (m, n), size in STORAGE_TYPES.items()
+        for (m, n), size in FLOAT_STORAGE_TYPES.items()
     },
+    "torch.LongStorage": "storage type in persistent ids (int64 token ids, as data only)",
     **{f"{m}.{n}": f"called by REDUCE to rebuild a {role}" for (m, n), role in CALLABLES.items()},
     **{f"{m}.{n}": "old A1111 string_to_param container" for (m, n) in CLASSES},
 }
@@ -123,7 +134,6 @@ _LOCATION_RE = re.compile(r"^[a-z_]{1,16}(:[0-9]{1,4})?$")
 #: torch names the zip's folder after the file's stem (or "archive"): any one plain
 #: path component, so names with spaces or non-ASCII letters are fine.
 _ROOT_RE = re.compile(r"^[^\x00-\x1f\x7f/\\:*?\"<>|]{1,255}$")
-_IDENT_RE = re.compile(rb"^[A-Za-z_][A-Za-z0-9_.]{0,200}$")
 _RECORD_RE = re.compile(
     r"^(data\.pkl|version|byteorder|\.format_version|\.storage_alignment|"
     r"\.data/version|\.data/serialization_id|data/[0-9]{1,24})$"
@@ -258,7 +268,9 @@ def _classify_global(module: str, name: str, findings: _Findings) -> _Global:
     if module.startswith("torch.nn.modules.") and name[:1].isupper() and name.isidentifier():
         findings.add_unsupported(f"an nn.Module ({dotted})")
     elif key in _KNOWN_TORCH_DATA or (module == "torch" and name.endswith("Storage")):
-        findings.add_unsupported(f"a torch object other than a float tensor ({dotted})")
+        findings.add_unsupported(
+            f"a torch object other than float tensors and int64 token ids ({dotted})"
+        )
     else:
         findings.add_unsafe(dotted)
     return _Global(module, name, False)
@@ -500,13 +512,9 @@ class _Walker:
             if not args or not isinstance(args[0], _Storage):
                 f.add_unsafe(f"{func.dotted} called without a torch storage")
                 return _Opaque("forbidden")
-            size = args[2] if len(args) > 2 else None
-            if (
-                not isinstance(size, tuple)
-                or len(size) > 8
-                or not all(isinstance(s, int) for s in size)
-            ):
-                raise _Broken(f"tensor size {size!r} is not a tuple of integers")
+            too_large = _check_view(args[0], args[1:4])
+            if too_large:
+                f.too_large = too_large
         elif not args or not isinstance(args[0], _Opaque) or args[0].kind != "tensor":
             f.add_unsafe(f"{func.dotted} called on something other than a tensor")
             return _Opaque("forbidden")
@@ -567,6 +575,48 @@ class _Walker:
                 f"{MAX_DECLARED_STORAGE_BYTES} (an embedding needs kilobytes)"
             )
         return f.storages[key]
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**48
+
+
+def _check_view(storage: _Storage, view: tuple[Any, ...]) -> str | None:
+    """Check a tensor's ``(offset, size, stride)`` against its storage, as torch rebuilds it.
+
+    The same rules for every dtype: counts only, at most 8 dimensions, every element
+    inside the storage, and no more elements than an embedding could hold (a stride-0
+    view claiming billions of elements is refused before anything materialises it).
+
+    Returns:
+        A too-large message, or None. Raises ``_Broken`` on a malformed view.
+    """
+    offset, size, stride = (*view, None, None, None)[:3]
+    for what, dims in (("size", size), ("stride", stride)):
+        if not isinstance(dims, tuple) or len(dims) > 8 or not all(map(_is_count, dims)):
+            raise _Broken(f"tensor {what} {_short(dims)} is not a tuple of at most 8 counts")
+    if not _is_count(offset) or len(stride) != len(size):
+        raise _Broken(
+            f"tensor offset {_short(offset)} and stride {_short(stride)} do not fit its size "
+            f"{_short(size)}"
+        )
+    numel = 1
+    for n in size:
+        numel *= n
+    if numel == 0:
+        return None
+    last = offset + sum((n - 1) * st for n, st in zip(size, stride, strict=True))
+    if last >= storage.numel:
+        raise _Broken(
+            f"tensor {list(size)} at offset {offset} reaches element {last} of storage "
+            f"{storage.key}, which holds {storage.numel}"
+        )
+    if numel * storage.itemsize > MAX_DECLARED_STORAGE_BYTES:
+        return (
+            f"tensor {list(size)} has {numel} elements; expected at most "
+            f"{MAX_DECLARED_STORAGE_BYTES // storage.itemsize} (an embedding needs kilobytes)"
+        )
+    return None
 
 
 _REPR = reprlib.Repr()
@@ -804,73 +854,6 @@ class _ParameterDictState:
 
 class ParameterDictContents(dict):
     """The parameters of a ``ParameterDict`` from an old A1111 file, as a plain dict."""
-
-
-def is_zip(data: bytes) -> bool:
-    """PyTorch's zip format (and any zip): a local file header first."""
-    return data[:4] == b"PK\x03\x04"
-
-
-def is_7z(data: bytes) -> bool:
-    """A 7z archive signature."""
-    return data[:6] == b"7z\xbc\xaf\x27\x1c"
-
-
-def is_tar(data: bytes) -> bool:
-    """A POSIX tar archive (PyTorch's pre-0.4 format)."""
-    return len(data) >= 262 and data[257:262] == b"ustar"
-
-
-def _text_global_ok(data: bytes, at: int) -> bool:
-    """Whether a text GLOBAL/INST at ``at`` names a plausible ``module`` and ``name``."""
-    lines = data[at + 1 : at + 512].split(b"\n", 2)
-    return len(lines) == 3 and all(_IDENT_RE.match(part) for part in lines[:2])
-
-
-def is_pickle(data: bytes) -> bool:
-    """Whether ``data`` starts like a pickle.
-
-    Protocol 2+ streams start with ``PROTO``. Protocol 0/1 have no header, so only
-    openers real pickles use are accepted (a ``GLOBAL`` naming identifiers, a
-    ``MARK`` before a container or global, an empty container), which keeps text
-    files from being mistaken for pickles.
-    """
-    if len(data) >= 2 and data[0] == 0x80 and data[1] <= 5:
-        return True
-    first = data[:1]
-    if first == b"c":
-        return _text_global_ok(data, 0)
-    if first == b"(":
-        second = data[1:2]
-        if second in (b"c", b"i"):
-            return _text_global_ok(data, 1)
-        if second not in (
-            b"d",
-            b"l",
-            b"t",
-            b"V",
-            b"S",
-            b"I",
-            b"F",
-            b"N",
-            b"(",
-            b"}",
-            b"]",
-            b")",
-            b"X",
-        ):
-            return False
-    elif first not in (b"}", b"]", b")"):
-        return False
-    try:
-        ops = pickletools.genops(io.BytesIO(data[:4096]))
-        for _ in range(2):
-            next(ops)
-    except StopIteration:
-        return True
-    except Exception:
-        return False
-    return True
 
 
 def safe_torch_load(data: bytes, *, path: str | None = None) -> Any:

@@ -17,6 +17,7 @@ from typing import Any
 
 from conceptlib.registry.hub.repos import REPO_ID as _REPO_ID
 from conceptlib.schemas.manifest import ConceptManifest, LibraryIndex
+from conceptlib.schemas.names import tokenizer_form
 
 #: Tags every pushed concept card carries; removed again when a card is read back.
 BASE_TAGS = ("textual-inversion", "stable-diffusion", "conceptlib")
@@ -175,6 +176,7 @@ def render_card(m: ConceptManifest, *, repo_id: str) -> str:
         lines.append(f"| tags | {', '.join(m.tags)} |")
     lines += ["", "## Usage", "", "### diffusers", "", "```python"]
     pipe_cls = "StableDiffusionXLPipeline" if fam == "sdxl" else "StableDiffusionPipeline"
+    tok = tokenizer_form(m.token)  # as the file is keyed: CLIP's tokenizer lower-cases prompts
     base = _hub_base_model(m.base_model) or _default_base(fam)
     lines += [
         "import torch",
@@ -188,17 +190,17 @@ def render_card(m: ConceptManifest, *, repo_id: str) -> str:
             "from safetensors.torch import load_file",
             "",
             f'state = load_file(hf_hub_download("{repo_id}", "{fname}"))',
-            f'pipe.load_textual_inversion(state["clip_l"], token="{m.token}",',
+            f'pipe.load_textual_inversion(state["clip_l"], token="{tok}",',
             "                            text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer)",
-            f'pipe.load_textual_inversion(state["clip_g"], token="{m.token}",',
+            f'pipe.load_textual_inversion(state["clip_g"], token="{tok}",',
             "                            text_encoder=pipe.text_encoder_2, tokenizer=pipe.tokenizer_2)",
         ]
     else:
         lines.append(f'pipe.load_textual_inversion("{repo_id}")')
     if negative:
-        lines.append(f'image = pipe("a portrait photo", negative_prompt="{m.token}").images[0]')
+        lines.append(f'image = pipe("a portrait photo", negative_prompt="{tok}").images[0]')
     else:
-        lines.append(f'image = pipe("a photo of {m.token}").images[0]')
+        lines.append(f'image = pipe("a photo of {tok}").images[0]')
     where = "negative prompt" if negative else "prompt"
     sdxl_note = (
         " The file holds `clip_l` and `clip_g`, the SDXL layout A1111 and ComfyUI read."

@@ -16,7 +16,8 @@ from conceptlib.registry.hub.layout import _dir_of, detect_layout
 from conceptlib.registry.hub.manifest import _read_manifest
 from conceptlib.registry.hub.repos import MAX_PREVIEW_FILE, MAX_SMALL_FILE
 from conceptlib.registry.hub.session import RemoteState, _Session
-from conceptlib.schemas.names import derive_name, validate_token
+from conceptlib.registry.pending import Derivation, kept_text, kind_from_text, token_from_outside
+from conceptlib.schemas.names import derive_name
 
 if TYPE_CHECKING:
     from conceptlib.registry.formats.embedding import Embedding
@@ -53,6 +54,11 @@ class Fetched:
     parents: list[dict[str, Any]] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
     version: int | None = None
+    #: The trigger token the repo named (token_identifier.txt or the file's key), as
+    #: found; ``token`` differs when it could not be a trigger (or ``--token`` chose).
+    token_in_repo: str | None = None
+    #: How the name and token were made when not simply the repo's (for the report).
+    derived: list[Derivation] = field(default_factory=list)
 
     @property
     def tensor_sha256(self) -> str:
@@ -61,11 +67,6 @@ class Fetched:
 
 def _text(data: bytes) -> str:
     return data.decode("utf-8", errors="replace").strip()
-
-
-def _kind_from(text: str | None) -> str | None:
-    t = (text or "").strip().lower()
-    return t if t in ("object", "style", "negative", "other") else None
 
 
 def _clean_tags(tags: Iterable[str]) -> list[str]:
@@ -231,21 +232,42 @@ def fetch_concept(
     parsed = read_embedding_bytes(data, path=state.ref(layout.embedding), companion=companion)
     stem = os.path.splitext(layout.embedding.rsplit("/", 1)[-1])[0]
     generic = stem.lower().startswith("learned_embeds")
+    derived: list[Derivation] = []
     if name:  # the user's choice: an ordinary word is refused when registering, not renamed
-        final_name, renamed_from = name, None
+        final_name = name
     else:
-        final_name, renamed_from = _distinct_name(derive_name(repo_name if generic else stem))
-    token = token_text or (
+        source = repo_name if generic else stem
+        final_name = derive_name(source)
+        if final_name != source:
+            derived.append(
+                Derivation(
+                    "name",
+                    final_name,
+                    kept_text(source),
+                    "invalid-characters",
+                    f"characters a name cannot hold were replaced: write {final_name} in prompts",
+                )
+            )
+        if _common_word(final_name):
+            derived.append(
+                Derivation(
+                    "name",
+                    f"{final_name}-ti",
+                    final_name,
+                    "ordinary-word",
+                    f"{final_name!r} is an ordinary word: as a trigger it would change what it "
+                    f"means in every prompt; write {final_name}-ti in prompts",
+                )
+            )
+            final_name = f"{final_name}-ti"
+    # The token the repo names: token_identifier.txt (sd-concepts-library), else the
+    # learned_embeds key; one that cannot be a trigger is replaced by the name, and kept.
+    token_in_repo = (token_text.splitlines()[0].strip() if token_text else None) or (
         parsed.token if parsed.token and parsed.token not in ("emb_params", "*") else None
     )
-    token = token or final_name
-    try:
-        token = validate_token(token.splitlines()[0].strip())
-    except ConceptlibError:
-        token = final_name
-    if _common_word(token):
-        token = final_name
-    kind = _kind_from(type_text) or (card.kind if card else None)
+    token, how = token_from_outside(token_in_repo, final_name)
+    derived += [how] if how else []
+    kind = kind_from_text(type_text) or (card.kind if card else None)
     if kind is None and "negative" in f"{repo_name} {stem}".lower():
         kind = "negative"
     if kind is None:
@@ -254,9 +276,10 @@ def fetch_concept(
     if getattr(parsed, "metadata", None):
         extra["file_metadata"] = {str(k): str(v) for k, v in dict(parsed.metadata).items()}
     if parsed.name_hint and parsed.name_hint != final_name:
-        extra["name_in_file"] = parsed.name_hint
-    if renamed_from:
-        extra["renamed_from"] = renamed_from
+        extra["name_in_file"] = kept_text(parsed.name_hint)
+    renamed = [d for d in derived if d.reason == "ordinary-word" and d.field == "name"]
+    if renamed:
+        extra["renamed_from"] = renamed[0].source
         extra["rename_reason"] = "ordinary word: as a trigger it would change its meaning"
     return Fetched(
         repo_id=state.repo_id,
@@ -275,6 +298,8 @@ def fetch_concept(
         tags=_clean_tags(card.tags) if card else [],
         license=card.license if card else None,
         extra=extra,
+        token_in_repo=kept_text(token_in_repo) if token_in_repo else None,
+        derived=derived,
     )
 
 
@@ -282,11 +307,3 @@ def _common_word(handle: str) -> bool:
     from conceptlib.schemas.vocabulary import is_common_word
 
     return is_common_word(handle)
-
-
-def _distinct_name(derived: str) -> tuple[str, str | None]:
-    """A name made from a repo or file name that is an ordinary word gets ``-ti`` (as
-    ``import`` does): as a trigger, "painting" would change what painting means."""
-    if _common_word(derived):
-        return f"{derived}-ti", derived
-    return derived, None

@@ -19,7 +19,7 @@ from conceptlib.registry.hub.repos import (
     TYPE_FILENAME,
     unsafe_reason,
 )
-from conceptlib.schemas.names import name_key
+from conceptlib.schemas.names import name_key, tokenizer_form
 
 if TYPE_CHECKING:
     from conceptlib.registry.formats.embedding import Embedding
@@ -29,7 +29,9 @@ if TYPE_CHECKING:
 
 
 def _encode_embedding(emb: Embedding, info: EmbeddingInfo) -> tuple[str, bytes]:
-    """The pushed file: diffusers ``{token: [n,d]}`` for SD 1.x/2.x, ``{clip_l, clip_g}`` for SDXL."""
+    """The pushed file: diffusers ``{token: [n,d]}`` for SD 1.x/2.x (the key in its
+    tokenizer form, :func:`~conceptlib.schemas.names.tokenizer_form`), ``{clip_l, clip_g}``
+    for SDXL."""
     from conceptlib.registry.formats import write_embedding
 
     fmt = "sdxl" if info.family == "sdxl" else "diffusers"
@@ -125,7 +127,9 @@ def concept_repo_files(lib: Library, info: EmbeddingInfo, *, repo_id: str) -> di
     from conceptlib.registry.hub.card import render_card
 
     manifest, files = build_manifest(lib, info)
-    files[TOKEN_FILENAME] = info.token.encode("utf-8")
+    # As the learned_embeds key: the form CLIP's tokenizer matches (concept.json keeps
+    # the token as typed).
+    files[TOKEN_FILENAME] = tokenizer_form(info.token).encode("utf-8")
     files[TYPE_FILENAME] = info.kind.encode("utf-8")
     files["concept.json"] = manifest.to_json_bytes()
     files[CARD_FILENAME] = render_card(manifest, repo_id=repo_id).encode("utf-8")

@@ -22,6 +22,7 @@ from conceptlib.errors import (
     NameCollision,
     UsageError,
 )
+from conceptlib.registry.fields import checked_token
 from conceptlib.registry.hub.fetch import (
     Fetched,
     _fetch_manifest_concept,
@@ -62,6 +63,9 @@ class PullOutcome:
     error: str | None = None
     code: str | None = None
     hint: str | None = None
+    token: str | None = None
+    #: How the name or token differs from what the repo said, and why (one line each).
+    notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -178,8 +182,9 @@ def register(lib: Library, f: Fetched, *, sync_file: str | None = None) -> PullO
     existing = lib.by_tensor_sha256(f.tensor_sha256)
     if existing is not None:
         _record_sync(lib, existing.name, f.repo_id, f.revision, f.commit, "pull", sync_file)
-        base.name, base.version = existing.name, existing.version
+        base.name, base.version, base.token = existing.name, existing.version, existing.token
         return base
+    base.token, base.notes = f.token, _derivation_notes(f)
     current = lib.find(f.name)
     if current is None:
         info = _add(lib, f, f.version or 1)
@@ -190,8 +195,9 @@ def register(lib: Library, f: Fetched, *, sync_file: str | None = None) -> PullO
         raise NameCollision(
             f"the name {f.name!r} is taken by an entry from "
             f"{current.source_ref or current.source}; pulled vectors differ",
-            hint="choose another name with --name",
+            hint="choose another name",
             existing=current.name,
+            field="name",
         )
     version = max(current.version + 1, f.version or 0)
     retired = _retire(lib, current)
@@ -208,6 +214,20 @@ def register(lib: Library, f: Fetched, *, sync_file: str | None = None) -> PullO
         retired.name,
     )
     return base
+
+
+def _derivation_notes(f: Fetched) -> list[str]:
+    """Why the name or token differs from what the repo said; keeps a replaced token in
+    ``f.extra["token_in_file"]`` (also when ``--token`` replaced a usable one)."""
+    from conceptlib.registry.pending import kept_text
+
+    chose = any(d.field == "token" and d.value == f.token for d in f.derived)
+    notes = [d.why for d in f.derived if d.field != "token" or d.value == f.token]
+    if f.token_in_repo and f.token != f.token_in_repo:
+        f.extra["token_in_file"] = kept_text(f.token_in_repo)
+        if not chose:
+            notes.append(f"--token replaced the repo's token {f.token_in_repo!r}")
+    return notes
 
 
 def _hub_refs(lib: Library) -> list[tuple[str, EmbeddingInfo]]:
@@ -245,17 +265,23 @@ def pull(
     name: str | None = None,
     token: str | None = None,
     endpoint: str | None = None,
+    trigger_token: str | None = None,
 ) -> PullOutcome:
     """Pull one repo (``NS/NAME[@REVISION]``) into the catalog.
 
     Lists the repo once, downloads only the files the concept needs, verifies their
     size and hash, parses, and only then registers. The same revision again is a no-op.
+    ``name`` and ``trigger_token`` replace the name and trigger token the repo gives
+    (``token`` is the Hub access token); the trigger token is checked before anything
+    is downloaded.
 
     Raises:
         HubUnsafePath, HubIntegrityError, HubNoEmbedding, AmbiguousEmbedding,
         HubNotFound, HubAuthError, HubOffline, HubUnavailable, NameCollision,
-        and the file errors of the format readers.
+        InvalidName, and the file errors of the format readers.
     """
+    if trigger_token is not None:
+        trigger_token = checked_token(trigger_token)
     repo_id, revision = _parse_spec(spec)
     session = _Session(HubSettings.from_env(token=token, endpoint=endpoint))
     state = session.state(repo_id, revision)
@@ -263,6 +289,8 @@ def pull(
     if done is not None:
         return _present(state, done)
     fetched = fetch_concept(session, state, filename=filename, name=name)
+    if trigger_token is not None:
+        fetched.token = trigger_token
     return register(lib, fetched)
 
 
