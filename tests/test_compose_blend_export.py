@@ -218,8 +218,29 @@ def test_export_for_prompt_errors(catalog, tmp_path):
     assert (
         len(export_for_prompt(catalog, "<cat-toy>", "a1111", tmp_path / "y", overwrite=True)) == 1
     )
-    # a prompt without embeddings needs no files
-    assert export_for_prompt(catalog, "just text", "comfyui", tmp_path / "z") == []
+    # a prompt without embeddings says so (it used to write nothing and succeed)
+    with pytest.raises(UsageError, match="names no embeddings"):
+        export_for_prompt(catalog, "just text", "comfyui", tmp_path / "z")
+    with pytest.raises(UsageError, match="negative prompt name no embeddings"):
+        export_for_prompt(catalog, "just text", "comfyui", tmp_path / "z", negative="blurry")
+    assert not (tmp_path / "z").exists()
+
+
+def test_export_for_prompt_without_embeddings_is_a_usage_error_in_the_cli(catalog, tmp_path):
+    from click.testing import CliRunner
+
+    from conceptlib.cli.main import cli
+
+    before = catalog.dump()
+    out = tmp_path / "ui"
+    result = CliRunner().invoke(
+        cli, ["export", "--for-prompt", "a photo of a cat", "--format", "a1111", "-o", str(out)]
+    )
+    assert result.exit_code == 2, result.output
+    assert "error: the prompt names no embeddings, so there is nothing to export" in result.output
+    assert "hint: name catalog embeddings as <name>" in result.output
+    assert not out.exists()
+    assert catalog.dump() == before
 
 
 def test_export_for_prompt_cli_helper(catalog, tmp_path, capsys):

@@ -117,8 +117,9 @@ def export_for_prompt(
         The paths written, one per file.
 
     Raises:
-        UsageError: an unknown format; ``pt`` with another UI or for an SDXL entry
-            (the rule and message of ``export NAME --format a1111-pt``).
+        UsageError: an unknown format; a prompt (and negative) naming no embedding;
+            ``pt`` with another UI or for an SDXL entry (the rule and message of
+            ``export NAME --format a1111-pt``).
         AlreadyExists: a file exists with other contents, without ``overwrite``
             (a file holding the same bytes is left as it is). Nothing is written.
         UnknownEmbedding, PromptSyntaxError, ConflictingWeights: from the prompt.
@@ -130,6 +131,13 @@ def export_for_prompt(
     if pt and fmt != "a1111":
         writer_format(fmt, "sd1", pt)  # refuses --pt with another UI, before any lookup
     infos = needed_embeddings(library, prompt, negative)
+    if not infos:
+        raise UsageError(
+            "the prompt"
+            + (" and the negative prompt name" if negative else " names")
+            + " no embeddings, so there is nothing to export",
+            hint='name catalog embeddings as <name> or <name:weight>, e.g. "a photo of <cat-toy>"',
+        )
     out = Path(out_dir).expanduser()
     targets: dict[Path, bytes] = {}
     for info in infos:
