@@ -147,6 +147,37 @@ class Catalog:
         with self._translated(), self.engine.connect() as conn, conn.begin():
             yield conn
 
+    def integrity_problems(self) -> list[str]:
+        """The database's integrity problems (an empty list means intact).
+
+        On SQLite the checks run on a fresh connection of their own (never a pooled one:
+        from SQLite 3.45 a long-lived connection checks FTS5 against a stale copy of its
+        segment list and reports a sound index as malformed once another process has
+        written), inside a write transaction of their own, begun IMMEDIATE (FTS5's ``integrity-check`` is a
+        write: taken up front, the lock waits for a concurrent writer instead of failing
+        with "database is locked" when it commits meanwhile), rolled back at the end.
+
+        Raises:
+            CatalogLocked: another writer held the lock past the busy timeout.
+        """
+        path = self.where if self.is_sqlite else ""
+        if not self.is_sqlite or not path or path == ":memory:":
+            with self.read() as conn:
+                return dialect.integrity_problems(conn, self.dialect_name)
+        with self._translated():
+            raw = sqlite3.connect(path, timeout=self.busy_timeout_s, isolation_level=None)
+            try:
+                dialect.sqlite_pragmas(raw, self.busy_timeout_s)
+                raw.execute(dialect.sqlite_begin_statement(readonly=False))
+                try:
+                    return dialect.sqlite_integrity_problems(
+                        lambda sql: raw.execute(sql).fetchall()
+                    )
+                finally:
+                    raw.execute("ROLLBACK")
+            finally:
+                raw.close()
+
     def retrying(self, work: Callable[[], T], *, attempts: int = 6) -> T:
         """Run ``work`` (which opens its own write transaction) and run it again when the
         database aborts it as a conflict with a concurrent writer (:class:`CatalogConflict`:

@@ -244,7 +244,9 @@ def fts_rank_order(dialect_name: str) -> str | None:
 
 
 def integrity_problems(conn: Any, dialect_name: str) -> list[str]:
-    """Database-level integrity check; an empty list means intact."""
+    """Database-level integrity check on a SQLAlchemy connection; an empty list means
+    intact. On SQLite prefer :meth:`Catalog.integrity_problems`, which runs
+    :func:`sqlite_integrity_problems` on a fresh connection."""
     if is_postgres(dialect_name):
         # PostgreSQL enforces keys itself; check the search index matches its rows.
         missing = conn.exec_driver_sql(
@@ -254,14 +256,26 @@ def integrity_problems(conn: Any, dialect_name: str) -> list[str]:
         return [f"full-text index: {missing} embeddings missing"] if missing else []
     if not is_sqlite(dialect_name):
         return []
+    return sqlite_integrity_problems(lambda sql: conn.exec_driver_sql(sql).fetchall())
+
+
+def sqlite_integrity_problems(run: Any) -> list[str]:
+    """SQLite's own checks: ``PRAGMA integrity_check`` (which checks FTS5 tables too from
+    SQLite 3.44 on), ``PRAGMA foreign_key_check`` and FTS5's ``integrity-check`` command.
+
+    ``run(sql)`` executes one statement and returns its rows. The caller gives a
+    connection that has seen every commit (see :meth:`Catalog.integrity_problems`): on
+    SQLite 3.45+ a long-lived connection checks FTS5 against a stale copy of its
+    segment list and reports a sound index as malformed after another process wrote.
+    """
     problems = []
-    rows = conn.exec_driver_sql("PRAGMA integrity_check").fetchall()
+    rows = run("PRAGMA integrity_check")
     if [r[0] for r in rows] != ["ok"]:
         problems += [f"integrity_check: {r[0]}" for r in rows]
-    for row in conn.exec_driver_sql("PRAGMA foreign_key_check").fetchall():
+    for row in run("PRAGMA foreign_key_check"):
         problems.append(f"foreign key violation in {row[0]} row {row[1]} -> {row[2]}")
     try:
-        conn.exec_driver_sql(f"INSERT INTO {FTS_TABLE}({FTS_TABLE}) VALUES('integrity-check')")
+        run(f"INSERT INTO {FTS_TABLE}({FTS_TABLE}) VALUES('integrity-check')")
     except Exception as exc:  # the FTS index disagrees with its content
         problems.append(f"full-text index: {exc}")
     return problems

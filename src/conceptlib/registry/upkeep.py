@@ -56,12 +56,9 @@ def delete_unreferenced_db_blobs(lib: Library, shas: Sequence[str]) -> None:
 
 def verify(lib: Library, *, on_progress: ProgressCallback | None = None) -> VerifyReport:
     """Check every blob against its hash, and the database's integrity."""
-    from conceptlib.catalog import dialect
-
     report = VerifyReport()
     try:
-        with lib.catalog.read() as conn:
-            report.problems += dialect.integrity_problems(conn, lib.catalog.dialect_name)
+        report.problems += lib.catalog.integrity_problems()
     except ConceptlibError as exc:
         report.problems.append(exc.message)
     if report.problems:
