@@ -2,14 +2,27 @@
 
 from __future__ import annotations
 
+import os
+
+# Pin the device and the thread count before numpy or torch load, in this process and
+# in every child it starts (the environment is inherited): tests run on the CPU even on
+# a machine with a CUDA GPU (a test that wants the GPU passes its device explicitly),
+# and torch's threads never outnumber the cores this worker may use (under
+# `pytest -n N` or a loaded machine, threads fighting over the cores made a 7 s test
+# take over 300 s).
+os.environ.setdefault("CONCEPTLIB_DEVICE", "cpu")
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+_THREADS = str(max(1, min(4, (os.cpu_count() or 1) // max(1, _WORKERS))))
+for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+    os.environ.setdefault(_var, _THREADS)
+
 # Before anything imports huggingface_hub: it reads HF_ENDPOINT once, at import, so
 # point it at the loopback test server's port now (traffic never leaves 127.0.0.1).
-import os
-import uuid
+import uuid  # noqa: E402
 
-import numpy as np
-import pytest
-from hub_fixtures import configure_env
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from hub_fixtures import configure_env  # noqa: E402
 
 configure_env()
 
@@ -121,5 +134,11 @@ def catalog_snapshot():
 
 
 def pytest_configure(config):
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a dependency
+        pass
+    else:
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     np.set_printoptions(precision=4)

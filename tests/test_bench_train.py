@@ -16,7 +16,9 @@ def test_train_throughput_benchmark_runs_both_loops(tmp_path, _isolated_home):
     out = tmp_path / "bench.json"
     cmd = [sys.executable, str(ROOT / "bench" / "train_throughput.py"), "--model", "sd15",
            "--precision", "bf16", "--short", "1", "--long", "3", "--warmup", "1",
-           "--rounds", "1", "--json", str(out), "--markdown"]  # fmt: skip
+           "--rounds", "1", "--json", str(out), "--markdown",
+           # pinned: on a CUDA machine the defaults are the full-size models on the GPU
+           "--device", "cpu", "--size", "tiny"]  # fmt: skip
     env = dict(os.environ, CONCEPTLIB_HOME=str(_isolated_home))
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
     assert res.returncode == 0, res.stderr[-2000:]

@@ -14,6 +14,8 @@ from pathlib import Path
 ENV_HOME = "CONCEPTLIB_HOME"
 ENV_DATABASE_URL = "CONCEPTLIB_DATABASE_URL"
 ENV_BUSY_TIMEOUT = "CONCEPTLIB_BUSY_TIMEOUT"
+#: The device ``--device auto`` (the default) means: ``cpu``, ``cuda``, ``cuda:N``, ``mps``.
+ENV_DEVICE = "CONCEPTLIB_DEVICE"
 
 #: Largest embedding file accepted (embeddings are kilobytes; the biggest real ones
 #: with 75 SDXL vectors are ~600 KB). Anything bigger is refused before parsing.

@@ -41,8 +41,9 @@ UI_FORMATS = ["a1111", "comfyui", "invokeai", "diffusers"]
     "--device",
     default="auto",
     show_default=True,
-    help="cpu, cuda, cuda:N, mps or auto; one this machine cannot use is refused at once "
-    "with the available ones. Example: --device cuda:1.",
+    help="cpu, cuda, cuda:N, mps or auto (CONCEPTLIB_DEVICE if set, else cuda when "
+    "available); one this machine cannot use is refused at once with the available ones. "
+    "Example: --device cuda:1.",
 )
 @click.option("--strict", is_flag=True, help="Refuse SD 1.x embeddings on SDXL (else: warn).")
 @click.option("--dry-run", is_flag=True, help="Check and show the expanded prompts; load no model.")

@@ -70,8 +70,9 @@ _STEPS, _LR, _BATCH, _CKPT, _SAMPLE = 2000, 5e-3, 4, 250, 500
 )
 @click.option(
     "--device",
-    help="cpu, cuda, cuda:N, mps or auto (default: cuda when available); one this machine "
-    "cannot use is refused at once with the available ones. Example: --device cuda:1.",
+    help="cpu, cuda, cuda:N, mps or auto (default: CONCEPTLIB_DEVICE if set, else cuda when "
+    "available); one this machine cannot use is refused at once with the available ones. "
+    "Example: --device cuda:1.",
 )
 @click.option(
     "--resume",

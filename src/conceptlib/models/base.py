@@ -117,7 +117,8 @@ def available_devices() -> list[str]:
 
 
 def resolve_device(device: str | None) -> str:
-    """The device to run on: ``None``/``"auto"`` picks ``"cuda"`` when available, else ``"cpu"``.
+    """The device to run on: ``None``/``"auto"`` picks ``CONCEPTLIB_DEVICE`` when it is set,
+    else ``"cuda"`` when available, else ``"cpu"``.
 
     Any other value is checked here, once, for every caller (``train``, ``compose``,
     :func:`load_base`): a device this machine cannot use fails at once with one line
@@ -139,8 +140,20 @@ def resolve_device(device: str | None) -> str:
     """
     import torch
 
+    from conceptlib.config import ENV_DEVICE
+
     text = "auto" if device is None else str(device).strip().lower()
     if text == "auto":
+        chosen = os.environ.get(ENV_DEVICE, "").strip()
+        if chosen and chosen.lower() != "auto":
+            try:
+                return resolve_device(chosen)
+            except DeviceUnavailable as exc:
+                raise DeviceUnavailable(
+                    f"{ENV_DEVICE}: {exc.message}",
+                    hint=f"set {ENV_DEVICE} to cpu, cuda, cuda:N or mps, or unset it",
+                    device=chosen,
+                ) from None
         return "cuda" if torch.cuda.is_available() else "cpu"
     shown = str(device) if len(str(device)) <= 64 else str(device)[:64] + "..."
     try:
