@@ -84,6 +84,7 @@ def import_paths(
             pending = prepare_file(f, name, kind_value, user_tags, base_model, token=token)
             outcome.tensor_sha256 = pending.tensor_sha256
             outcome.flags = list(pending.embedding.flags)
+            outcome.notes = list(pending.notes)
             existing = (
                 None
                 if pending.tensor_sha256 in seen_tensors
@@ -99,9 +100,10 @@ def import_paths(
                     existing.name,
                     existing.name,
                 )
-                outcome.changes, outcome.notes = _apply_options(
+                outcome.changes, applied = _apply_options(
                     lib, existing, name, kind_value, user_tags, base_model, token
                 )
+                outcome.notes += applied
                 outcome.token = outcome.changes.get("token", [None, existing.token])[1]
             else:
                 if name is None:
@@ -136,11 +138,20 @@ def import_paths(
             outcome.status, outcome.reason, outcome.error = "rejected", exc.message, exc.code
             outcome.existing = getattr(exc, "existing", None)
             outcome.exception = exc
+        except OSError as exc:
+            # Anything the file system says about one file (a name too long, a
+            # permission, a file gone meanwhile) is that file's rejection.
+            err = EmbeddingFileError(
+                f"cannot be read: {exc.strerror or type(exc).__name__}", path=str(f)
+            )
+            outcome.status, outcome.reason, outcome.error = "rejected", err.message, err.code
+            outcome.exception = err
         except (
             ValueError,
             TypeError,
             KeyError,
             IndexError,
+            AttributeError,
             OverflowError,
             RecursionError,
         ) as exc:

@@ -78,6 +78,8 @@ class PendingEntry:
     new_previews: list[tuple[str, str, bytes]] = field(default_factory=list)
     #: How the name and token were made, when not simply the file's (for the report).
     derived: list[Derivation] = field(default_factory=list)
+    #: Warnings for the report (a sidecar that was present but could not be used).
+    notes: list[str] = field(default_factory=list)
 
 
 def validate_tag(tag: str) -> str:
@@ -281,10 +283,21 @@ def prepare_file(
     parsed = read_embedding_file(path)
     if is_sdxl_companion(path):
         # The pair was parsed from learned_embeds; the entry records the file named.
+        from conceptlib.config import MAX_EMBEDDING_FILE_BYTES
+        from conceptlib.errors import FileTooLarge
+
         try:
-            file_sha256 = hashlib.sha256(path.read_bytes()).hexdigest()
+            with path.open("rb") as fh:  # capped: never hash an unbounded file
+                data = fh.read(MAX_EMBEDDING_FILE_BYTES + 1)
         except OSError as exc:
             raise EmbeddingFileError(f"cannot read: {exc.strerror}", path=str(path)) from None
+        if len(data) > MAX_EMBEDDING_FILE_BYTES:
+            raise FileTooLarge(
+                f"larger than {MAX_EMBEDDING_FILE_BYTES // (1024 * 1024)} MiB; expected an "
+                "embedding file",
+                path=str(path),
+            )
+        file_sha256 = hashlib.sha256(data).hexdigest()
     else:
         file_sha256 = parsed.file_sha256 or ""
     sidecar = read_sidecars(path)
@@ -383,6 +396,7 @@ def prepare_file(
         canonical=canonical,
         new_previews=new_previews,
         derived=derived,
+        notes=list(sidecar.warnings),
     )
 
 
