@@ -14,7 +14,14 @@ from conceptlib.errors import InvalidName
 
 MAX_NAME_LENGTH = 100
 
-_RESERVED_DEVICE = re.compile(r"^(con|prn|aux|nul|com[0-9]|lpt[0-9])(\..*)?$", re.IGNORECASE)
+#: Windows device names, with or without an extension (Microsoft's "Naming Files, Paths,
+#: and Namespaces"): CON, PRN, AUX, NUL, COM0-9, LPT0-9 (also with superscript digits),
+#: and the console streams CONIN$ and CONOUT$.
+_RESERVED_DEVICE = re.compile(
+    r"^(con|prn|aux|nul|conin\$|conout\$|com[0-9\u00b9\u00b2\u00b3]|lpt[0-9\u00b9\u00b2\u00b3])"
+    r"(\..*)?$",
+    re.IGNORECASE,
+)
 # Characters that have a meaning in prompt syntax or paths.
 _FORBIDDEN_CHARS = set('/\\<>:"|?*,()[]{}')
 _EXPANSION = re.compile(r"^(?P<base>.+)_(?P<index>[1-9][0-9]*)$")
@@ -93,17 +100,30 @@ def validate_token(token: str) -> str:
     return normalize_name(token)
 
 
+def is_reserved_device(name: str) -> bool:
+    """Whether ``name`` (a file or path part) is a Windows device name (see
+    ``_RESERVED_DEVICE``), which no file of ours may be called."""
+    return bool(_RESERVED_DEVICE.match(name))
+
+
 def derive_name(stem: str) -> str:
-    """Make a valid name from a file stem: whitespace and forbidden characters become '-'."""
+    """Make a valid name from a file stem: whitespace and forbidden characters become '-'.
+
+    The result always passes :func:`validate_name` (a derived name is checked like a
+    typed one); what cannot be made valid becomes ``embedding``."""
     text = normalize_name(stem)
     out = []
     for ch in text:
         out.append("-" if _bad_char(ch) else ch)
     name = re.sub(r"-{2,}", "-", "".join(out)).strip("-. ")
-    name = name.replace("..", ".")
+    name = re.sub(r"\.{2,}", ".", name)  # "a...b" -> "a.b": no path parts
     if not name or _RESERVED_DEVICE.match(name):
         name = f"embedding-{name}" if name else "embedding"
-    return name[:MAX_NAME_LENGTH].rstrip(". ")
+    name = name[:MAX_NAME_LENGTH].rstrip(". ")
+    try:
+        return validate_name(name)
+    except InvalidName:
+        return "embedding"
 
 
 def split_expansion(key: str) -> tuple[str, int] | None:

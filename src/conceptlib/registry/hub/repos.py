@@ -8,7 +8,7 @@ import re
 from collections.abc import Iterable
 
 from conceptlib.errors import HubUnsafePath, UsageError
-from conceptlib.schemas.names import strip_brackets
+from conceptlib.schemas.names import is_reserved_device, strip_brackets
 
 EMBEDDING_FILENAME = "learned_embeds.safetensors"
 TOKEN_FILENAME = "token_identifier.txt"
@@ -20,7 +20,6 @@ MAX_SMALL_FILE = 4 * 1024 * 1024  # concept.json, library.json, README.md, .txt 
 MAX_PREVIEW_FILE = 32 * 1024 * 1024
 #: A Hub repo id (``owner/name``); also what a model card may link as ``base_model``.
 REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
-_RESERVED = re.compile(r"^(con|prn|aux|nul|com[0-9]|lpt[0-9])(\..*)?$", re.IGNORECASE)
 
 
 def unsafe_reason(path: str) -> str | None:
@@ -35,10 +34,12 @@ def unsafe_reason(path: str) -> str | None:
         return "a backslash (Windows or UNC path)"
     if re.match(r"^[A-Za-z]:", path):
         return "a drive letter"
+    if ":" in path:
+        return "a colon (an NTFS alternate data stream)"
     parts = path.split("/")
     if any(p in ("", ".", "..") for p in parts):
         return "'.', '..' or empty path parts"
-    if any(_RESERVED.match(p) or p != p.rstrip(" .") for p in parts):
+    if any(is_reserved_device(p) or p != p.rstrip(" .") for p in parts):
         return "a reserved device name or a trailing dot/space"
     return None
 
