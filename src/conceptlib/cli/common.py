@@ -126,7 +126,8 @@ class _Progress:
                 MofNCompleteColumn(),
                 TimeElapsedColumn(),
                 TimeRemainingColumn(),
-                TextColumn("{task.fields[current]}", style="dim"),
+                # the current file's name is untrusted: shown as text, never as markup
+                TextColumn("{task.fields[current]}", style="dim", markup=False),
                 console=err_console(),
                 transient=True,
             )
@@ -136,6 +137,9 @@ class _Progress:
 
     def update(self, done: int, total: int, current: str = "") -> None:
         if self._progress is not None:
+            from conceptlib.cli.render import safe_text
+
+            current = safe_text(current)
             short = current if len(current) < 40 else "…" + current[-39:]
             self._progress.update(self._task, completed=done, total=total, current=short)
 
@@ -153,5 +157,15 @@ def short(sha: str | None, n: int = 12) -> str:
     return (sha or "")[:n]
 
 
+def echo(message: str, *, err: bool = False) -> None:
+    """``click.echo`` for text that holds untrusted parts (names, paths, server text):
+    control characters are shown as escapes, never sent to the terminal."""
+    from conceptlib.cli.render import safe_text
+
+    click.echo(safe_text(message), err=err)
+
+
 def echo_err(message: str) -> None:
-    click.echo(message, err=True)
+    from conceptlib.cli.render import safe_text
+
+    click.echo(safe_text(message), err=True)

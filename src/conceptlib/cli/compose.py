@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from conceptlib.cli.common import console, echo_err, json_option, open_library, print_json
+from conceptlib.cli.common import console, echo, echo_err, json_option, open_library, print_json
 
 UI_FORMATS = ["a1111", "comfyui", "invokeai", "diffusers"]
 
@@ -96,9 +96,9 @@ def compose_cmd(
             if as_json:
                 print_json(rendered.to_dict())
                 return
-            click.echo(rendered.prompt)
+            echo(rendered.prompt)
             if rendered.negative is not None:
-                click.echo(f"Negative prompt: {rendered.negative}")
+                echo(f"Negative prompt: {rendered.negative}")
             for note in rendered.notes:
                 echo_err(f"note: {note}")
             return
@@ -234,7 +234,7 @@ def blend_cmd(
         + ", ".join(f"{name} x{w:g}" for name, w in result.weights.items())
     )
     for note in result.notes:
-        click.echo(f"  {note}")
+        echo(f"  {note}")
 
 
 def run_export_for_prompt(

@@ -6,7 +6,15 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from conceptlib.cli.common import console, json_option, open_library, print_json, progress, short
+from conceptlib.cli.common import (
+    console,
+    echo,
+    json_option,
+    open_library,
+    print_json,
+    progress,
+    short,
+)
 from conceptlib.cli.render import printable
 from conceptlib.errors import UsageError
 
@@ -94,15 +102,15 @@ def _render_push(result: PushResult, as_json: bool) -> None:
         return
     what = ", ".join(result.names) if len(result.names) <= 3 else f"{len(result.names)} concepts"
     if result.status == "unchanged":
-        click.echo(f"{result.repo_id} is up to date ({what}) at {short(result.commit)}: no commit")
+        echo(f"{result.repo_id} is up to date ({what}) at {short(result.commit)}: no commit")
     else:
-        click.echo(
+        echo(
             f"pushed {what} to {result.repo_id} at {short(result.commit)} ({result.status}: "
             f"{len(result.changed)} files written, {len(result.deleted)} removed)"
         )
-        click.echo(result.url)
+        echo(result.url)
     for note in result.notes:
-        click.echo(f"note: {note}", err=True)
+        echo(f"note: {note}", err=True)
 
 
 @click.command("pull")
@@ -202,16 +210,16 @@ def _render_outcome(o: PullOutcome, as_json: bool) -> None:
         print_json(o.to_dict())
         return
     if o.status == "present":
-        click.echo(f"{o.name} is already in the catalog ({o.repo_id}@{short(o.commit)}): no change")
+        echo(f"{o.name} is already in the catalog ({o.repo_id}@{short(o.commit)}): no change")
     elif o.status == "new-version":
-        click.echo(
+        echo(
             f"pulled {o.name} v{o.version} from {o.source_ref}; the previous version is "
             f"kept as {o.previous}"
         )
     else:
-        click.echo(f"pulled {o.name} from {o.source_ref} ({o.layout})")
+        echo(f"pulled {o.name} from {o.source_ref} ({o.layout})")
     for note in o.notes:  # how the name or token differs from the repo's (untrusted parts repr'd)
-        click.echo(f"  {note}")
+        echo(f"  {note}")
 
 
 _STYLE = {"pulled": "green", "new-version": "cyan", "present": "dim", "failed": "red"}

@@ -64,9 +64,12 @@ class UserError(click.ClickException):
         self.hint = command_hint(error, command)
 
     def show(self, file: Any = None) -> None:
-        click.echo(f"error: {self.error.message}", err=True)
+        # Messages carry file names, tensor names and server text: never raw controls.
+        from conceptlib.cli.render import safe_text
+
+        click.echo(f"error: {safe_text(self.error.message)}", err=True)
         if self.hint:
-            click.echo(f"hint: {self.hint}", err=True)
+            click.echo(f"hint: {safe_text(self.hint)}", err=True)
 
 
 def command_hint(error: ConceptlibError, command: click.Command | None) -> str | None:

@@ -43,21 +43,29 @@ def resume_changes_text(changes: object) -> str:
     )
 
 
-def printable(value: object) -> str:
-    """``value`` as text safe to print in rich markup: control, invisible and bidi
-    characters shown as escapes (``\\x1b``, ``\\u202e``), never sent to the terminal,
-    and markup brackets escaped. For text that came from files, sidecars or servers."""
+def safe_text(value: object) -> str:
+    """``value`` as text safe to send to a terminal: control, invisible, bidi and line
+    separator characters shown as escapes (``\\x1b``, ``\\u202e``, ``\\n``), never sent.
+
+    For plain output (``click.echo``, error lines). Inside rich markup use
+    :func:`printable`, which also escapes markup brackets."""
     import unicodedata
 
+    text = str(value)
+    if text.isprintable():
+        return text
+    return "".join(
+        ascii(ch)[1:-1] if unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp") else ch
+        for ch in text
+    )
+
+
+def printable(value: object) -> str:
+    """``value`` as text safe to print in rich markup: :func:`safe_text`, then markup
+    brackets escaped. For text that came from files, sidecars or servers."""
     from rich.markup import escape
 
-    out = []
-    for ch in str(value):
-        if unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp"):
-            out.append(ascii(ch)[1:-1])
-        else:
-            out.append(ch)
-    return escape("".join(out))
+    return escape(safe_text(value))
 
 
 def detail_panel(e: EmbeddingInfo, store_path_of=None):  # noqa: ANN001, ANN201
