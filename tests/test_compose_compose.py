@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from compose_support import assert_restored, encoder_state, fresh_base, link_tiny_into_home
 from PIL import Image
 
-from conceptlib.compose.compose import compose, parse_infotext, peek_family, short_fingerprint
+from conceptlib.compose.compose import compose, parse_infotext, peek_family
 from conceptlib.errors import (
     BaseModelError,
     ConflictingWeights,
@@ -29,6 +29,17 @@ from conceptlib.registry.samples import sample_embedding
 from conceptlib.schemas.enums import Family
 
 FAST = {"steps": 2, "guidance": 5.0, "width": 32, "height": 32}
+
+
+def a1111_file_hash(library, name, folder):
+    """A1111's hash (first 12 hex of the SHA-256 of the whole file) of the file
+    ``export --for-prompt --format a1111`` writes for ``name`` (issue 12)."""
+    import hashlib
+
+    from conceptlib.compose.export import export_for_prompt
+
+    (path,) = export_for_prompt(library, f"<{name}>", "a1111", folder, overwrite=True)
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:12]
 
 
 @pytest.fixture(scope="module")
@@ -98,26 +109,30 @@ def test_compose_end_to_end_on_tiny_sd1(catalog, sd1, tmp_path):
     assert result.expanded_negative.startswith("<easynegative> <easynegative>_1")
     assert not result.warnings
     assert [b.exact for b in result.budgets] == [True, True]
-    cat = catalog.get("cat-toy")
+    cat_hash = a1111_file_hash(catalog, "cat-toy", tmp_path / "ti")
     for path, seed in zip(result.images, result.seeds, strict=True):
         image = Image.open(path)
         assert image.size == (32, 32)
         info = parse_infotext(image.text["parameters"])
-        assert info["prompt"] == "a photo of <cat-toy> in <ukiyoe:0.8> style"
-        assert info["negative"] == "<easynegative>, blurry"
+        # A1111's syntax in A1111's chunk (issue 12); ours is in the conceptlib chunk
+        assert info["prompt"] == "a photo of cat-toy in (ukiyoe:0.8) style"
+        assert info["negative"] == "easynegative, blurry"
         p = info["params"]
         assert p["Steps"] == "2" and p["Sampler"] == "DDIM" and p["CFG scale"] == "5"
         assert p["Seed"] == str(seed) and p["Size"] == "32x32"
-        assert p["Model hash"] == short_fingerprint(sd1.fingerprint)
+        # no single checkpoint file, no Model hash; our fingerprint has its own field
+        assert "Model hash" not in p
+        assert p["Conceptlib base fingerprint"] == sd1.fingerprint
         assert p["Model"] == "conceptlib/tiny-sd1"
         hashes = dict(x.split(": ") for x in p["TI hashes"].split(", "))
-        assert hashes["cat-toy"] == cat.a1111_hash and set(hashes) == {
+        assert hashes["cat-toy"] == cat_hash and set(hashes) == {
             "cat-toy",
             "ukiyoe",
             "easynegative",
         }
         record = json.loads(image.text["conceptlib"])
         assert record["seed"] == seed and record["base"]["fingerprint"] == sd1.fingerprint
+        assert record["prompt"] == "a photo of <cat-toy> in <ukiyoe:0.8> style"
         assert {e["name"]: e["weight"] for e in record["embeddings"]}["ukiyoe"] == 0.8
     # the pipeline is exactly as before
     assert_restored(sd1.pipeline, before)
@@ -157,12 +172,18 @@ def test_sd1_on_sdxl_warns_strict_fails_before_loading(catalog, sdxl, tmp_path, 
         out=tmp_path / "x.png",
         **FAST,
     )
-    assert len(result.warnings) == 1 and "<cat-toy>" in result.warnings[0]
+    assert len(result.warnings) == 2 and "<cat-toy>" in result.warnings[0]
+    # what the UIs do with it (issue 12): A1111 skips it, so TI hashes leave it out
+    assert "A1111 and InvokeAI will not apply <cat-toy>" in result.warnings[1]
     assert {e.name: e.compatibility for e in result.embeddings} == {
         "cat-toy": "partial",
         "neon-xl": "full",
     }
-    assert Image.open(result.images[0]).size == (32, 32)
+    image = Image.open(result.images[0])
+    assert image.size == (32, 32)
+    params = parse_infotext(image.text["parameters"])
+    assert params["prompt"] == "cat-toy and neon-xl"
+    assert [x.split(": ")[0] for x in params["params"]["TI hashes"].split(", ")] == ["neon-xl"]
     assert_restored(sdxl.pipeline, before)
 
     import conceptlib.models.base as base
@@ -201,7 +222,7 @@ def test_dry_run_loads_no_model(catalog, no_model_loading, tmp_path):
     )
     names = {e.name: e for e in result.embeddings}
     assert names["easynegative"].used_in == ["negative prompt"]
-    assert names["cat-toy"].a1111_hash == catalog.get("cat-toy").a1111_hash
+    assert names["cat-toy"].a1111_hash == a1111_file_hash(catalog, "cat-toy", tmp_path / "ti")
     assert [b.exact for b in result.budgets] == [False, True]  # no text: exact
     # no base at all is fine for a dry run: compatibility is unknown
     result = compose("<golem>", base=None, library=catalog, dry_run=True)
@@ -335,13 +356,13 @@ def test_cli_compose_generates(catalog, cli, tmp_path, _isolated_home):
     assert parse_infotext(Image.open(out).text["parameters"])["params"]["Seed"] == "3"
 
 
-def test_cli_dry_run_json_and_table(catalog, cli):
+def test_cli_dry_run_json_and_table(catalog, cli, tmp_path):
     res = CliRunner().invoke(cli, ["compose", "<ukiyoe:0.5>", "--base", "tiny-sd1", "--dry-run"])
     assert res.exit_code == 0, res.output
     assert "dry run" in res.output and "<ukiyoe:0.5>_2" in res.output and "ukiyoe" in res.output
     res = CliRunner().invoke(cli, ["compose", "<ukiyoe>", "--dry-run", "--json"])
     data = json.loads(res.output)
-    assert data["embeddings"][0]["a1111_hash"] == catalog.get("ukiyoe").a1111_hash
+    assert data["embeddings"][0]["a1111_hash"] == a1111_file_hash(catalog, "ukiyoe", tmp_path)
 
 
 @pytest.mark.parametrize(

@@ -335,6 +335,17 @@ class BlendError(ComposeError):
     code = "blend_error"
 
 
+class UntriggerableName(ComposeError):
+    """A catalog name that one UI's prompt syntax cannot name, even mapped.
+
+    Facts: ``name`` (the entry), ``ui``, ``mapped`` (the name it would be written as,
+    or ``None``), ``existing`` (another entry already written under that name).
+    """
+
+    exit_code = 2
+    code = "untriggerable_name"
+
+
 # --------------------------------------------------------------------------- hub
 
 

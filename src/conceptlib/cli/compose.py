@@ -18,7 +18,9 @@ UI_FORMATS = ["a1111", "comfyui", "invokeai", "diffusers"]
     "--base",
     default=None,
     help="Base model: tiny-sd1, tiny-sdxl, a diffusers folder, a .safetensors checkpoint "
-    "or a repo id in the Hugging Face cache. Needed unless --format is given.",
+    "or a repo id in the Hugging Face cache. Needed unless --format is given; with --format "
+    "it is read for its family only, to warn about embeddings that UI will not apply on it "
+    "(e.g. --format a1111 --base ./sdxl).",
 )
 @click.option("--steps", default=20, show_default=True, type=int, help="Denoising steps.")
 @click.option(
@@ -52,7 +54,9 @@ UI_FORMATS = ["a1111", "comfyui", "invokeai", "diffusers"]
     "fmt",
     type=click.Choice(UI_FORMATS),
     default=None,
-    help="Print the prompt in this UI's syntax instead of generating.",
+    help="Print the prompt in this UI's syntax, with the names that UI triggers, instead of "
+    "generating (e.g. --format invokeai writes <cat-toy@v1> as <cat-toy-v1>, the name "
+    "export --for-prompt gives its file).",
 )
 @click.option("--overwrite", is_flag=True, help="Replace existing output files.")
 @json_option
@@ -77,8 +81,11 @@ def compose_cmd(
     """Generate images from a prompt that names embeddings as <name> or <name:weight>.
 
     Names resolve through the catalog (name, then trigger token). The weight scales
-    the vectors. Write \\< for a literal '<'. Each PNG carries A1111-style
-    infotext: prompt, negative prompt, seed, base-model hash and TI hashes.
+    the vectors. Write \\< for a literal '<'. Each PNG carries A1111 infotext that
+    A1111 and Civitai read as meant: the prompts in A1111's syntax ((name:0.8), bare
+    names), seed, Model hash (single-file checkpoints only: the file's SHA-256, hashed
+    once and cached), TI hashes (the embeddings A1111 applies) and our fingerprint;
+    the prompt in conceptlib's syntax is in the image's "conceptlib" chunk.
 
     \b
     Examples:
@@ -92,42 +99,70 @@ def compose_cmd(
         if fmt is not None:
             from conceptlib.compose.compose import format_prompts
 
-            rendered = format_prompts(lib, prompt, negative, fmt)
+            rendered = format_prompts(lib, prompt, negative, fmt, base=base)
             if as_json:
                 print_json(rendered.to_dict())
                 return
             echo(rendered.prompt)
             if rendered.negative is not None:
                 echo(f"Negative prompt: {rendered.negative}")
+            for w in rendered.warnings:
+                echo_err(f"warning: {w}")
             for note in rendered.notes:
                 echo_err(f"note: {note}")
             return
 
         from conceptlib.compose.compose import compose
 
-        result = compose(
-            prompt,
-            negative,
-            base=base,
-            library=lib,
-            steps=steps,
-            guidance=guidance,
-            seed=seed,
-            n=n,
-            out=out,
-            strict=strict,
-            dry_run=dry_run,
-            width=width,
-            height=height,
-            device=device,
-            overwrite=overwrite,
-        )
+        hashing = _LazyProgress("hashing the checkpoint (Model hash, once per file)")
+        try:
+            result = compose(
+                prompt,
+                negative,
+                base=base,
+                library=lib,
+                steps=steps,
+                guidance=guidance,
+                seed=seed,
+                n=n,
+                out=out,
+                strict=strict,
+                dry_run=dry_run,
+                width=width,
+                height=height,
+                device=device,
+                overwrite=overwrite,
+                hash_progress=hashing,
+            )
+        finally:
+            hashing.close()
     if as_json:
         print_json(result.to_dict())
         return
     for w in result.warnings:
         echo_err(f"warning: {w}")
     _render_compose(result)
+
+
+class _LazyProgress:
+    """A progress bar on stderr that appears only when the first update comes (a
+    checkpoint that is hashed, not found in the cache)."""
+
+    def __init__(self, description: str) -> None:
+        self.description = description
+        self._bar: Any = None
+
+    def __call__(self, done: int, total: int) -> None:
+        if self._bar is None:
+            from conceptlib.cli.common import progress
+
+            self._bar = progress(self.description).__enter__()
+        self._bar.update(done, total)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(None, None, None)
+            self._bar = None
 
 
 def _render_compose(result: Any) -> None:
@@ -246,19 +281,35 @@ def run_export_for_prompt(
     overwrite: bool = False,
     pt: bool = False,
     as_json: bool = False,
+    base: str | None = None,
 ) -> None:
     """The body of ``conceptlib export --for-prompt PROMPT --format UI -o DIR``.
 
-    ``fmt`` is one of :data:`UI_FORMATS`; ``pt`` writes A1111 ``.pt`` files.
+    ``fmt`` is one of :data:`UI_FORMATS`; ``pt`` writes A1111 ``.pt`` files; ``base``
+    is the model the UI will use (its family only), for the warnings about embeddings
+    that UI will not apply on it (``warning:`` lines on stderr, or ``warnings`` in the
+    JSON).
     """
+    from conceptlib.cli.manage import render_exported
     from conceptlib.compose.export import export_for_prompt
 
+    warnings: list[str] = []
     with open_library() as lib:
         paths = export_for_prompt(
-            lib, prompt, fmt, out, negative=negative, overwrite=overwrite, pt=pt
+            lib,
+            prompt,
+            fmt,
+            out,
+            negative=negative,
+            overwrite=overwrite,
+            pt=pt,
+            base=base,
+            warnings=warnings,
         )
+    facts: dict[str, Any] = {"prompt": prompt, "format": fmt}
     if as_json:
-        print_json({"prompt": prompt, "format": fmt, "files": [str(p) for p in paths]})
-    else:
-        for p in paths:
-            click.echo(str(p))
+        facts["warnings"] = warnings
+    render_exported(paths, facts, as_json=as_json)
+    if not as_json:
+        for w in warnings:
+            echo_err(f"warning: {w}")

@@ -39,6 +39,15 @@ PARTIAL_FAILURE_EXIT = 1
 @click.option("--private", is_flag=True, help="Create the repo as private.")
 @click.option("--message", "-m", help="Commit message.")
 @click.option("--force", is_flag=True, help="Overwrite a remote that moved since the last sync.")
+@click.option(
+    "--for",
+    "for_ui",
+    type=click.Choice(["invokeai"]),
+    default=None,
+    help="Also lay the repo out for a UI. invokeai adds learned_embeds.bin, the file InvokeAI "
+    "installs a repo by (with --library: in every concept folder); a later push without "
+    "it removes that file. E.g. push cat-toy --for invokeai.",
+)
 @json_option
 def push_cmd(
     name: str | None,
@@ -49,6 +58,7 @@ def push_cmd(
     private: bool,
     message: str | None,
     force: bool,
+    for_ui: str | None,
     as_json: bool,
 ) -> None:
     """Push a concept (or a library) to the Hugging Face Hub.
@@ -63,6 +73,7 @@ def push_cmd(
     Examples:
       conceptlib push cat-toy
       conceptlib push cat-toy --repo my-org/cat-toy --private -m "first version"
+      conceptlib push cat-toy --for invokeai
       conceptlib push --library my-org/styles --tag style
       conceptlib push --library my-org/everything
     """
@@ -82,6 +93,7 @@ def push_cmd(
                 private=private,
                 message=message,
                 force=force,
+                for_ui=for_ui,
             )
         else:
             if not name:
@@ -89,7 +101,13 @@ def push_cmd(
             if tags or search:
                 raise UsageError("--tag and --search select concepts for --library")
             result = hub.push(
-                lib, name, repo_id=repo_id, private=private, message=message, force=force
+                lib,
+                name,
+                repo_id=repo_id,
+                private=private,
+                message=message,
+                force=force,
+                for_ui=for_ui,
             )
     finally:
         lib.close()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from conceptlib.cli.common import console, json_option, open_library, print_json, progress
@@ -205,10 +207,27 @@ UI_LAYOUTS = ["a1111", "comfyui", "invokeai", "diffusers"]
 )
 @click.option("--negative", metavar="PROMPT", help="With --for-prompt: the negative prompt too.")
 @click.option(
+    "--base",
+    metavar="MODEL",
+    default=None,
+    help="With --for-prompt: the base model the UI will use, read for its family only (no "
+    "weights loaded), to warn about embeddings that UI will not apply on it, e.g. "
+    "--base ./sdxl-base.safetensors (an SD 1.x embedding on SDXL: A1111 and InvokeAI skip it).",
+)
+@click.option(
     "--pt",
     is_flag=True,
     help="With --for-prompt --format a1111: write .pt files (SD 1.x/2.x only: an SDXL "
     "embedding is refused, as with --format a1111-pt).",
+)
+@click.option(
+    "--for",
+    "for_ui",
+    type=click.Choice(["invokeai"]),
+    default=None,
+    help="For NAME: the folder a UI installs instead of one file. invokeai writes "
+    "OUT/NAME/learned_embeds.bin, which InvokeAI's model manager installs from its path, "
+    "e.g. export cat-toy --for invokeai -o ~/invokeai-imports.",
 )
 @click.option(
     "--overwrite",
@@ -223,7 +242,9 @@ def export_cmd(
     out: str,
     for_prompt: str | None,
     negative: str | None,
+    base: str | None,
     pt: bool,
+    for_ui: str | None,
     overwrite: bool,
     as_json: bool,
 ) -> None:
@@ -231,18 +252,27 @@ def export_cmd(
     needs (--for-prompt).
 
     Exporting again onto files that hold the same bytes is not an error; files with other
-    contents are refused (exit 5, nothing written) unless --overwrite.
+    contents are refused (exit 5, nothing written) unless --overwrite. The same vectors
+    give the same bytes every time; an embedding imported from a file in the layout asked
+    for gets that very file back (said on stderr), so its hashes (A1111, Civitai AutoV2)
+    are the ones shown where it came from.
 
     \b
     Examples:
       conceptlib export cat-toy --format a1111-pt -o ~/webui/embeddings
       conceptlib export cat-toy --format diffusers -o ./cat-toy
       conceptlib export my-xl-style --format sdxl -o style.safetensors
+      conceptlib export cat-toy --for invokeai -o ~/invokeai-imports
       conceptlib export --for-prompt "a <cat-toy> in <ukiyoe:0.8> style" --negative "<easyneg>" \\
           --format comfyui -o ~/ComfyUI/models/embeddings
     """
     from conceptlib.errors import UsageError
 
+    if for_ui and (for_prompt is not None or fmt):
+        raise UsageError(
+            f"--for {for_ui} is a layout of its own: it goes with NAME, without --format "
+            "or --for-prompt"
+        )
     if for_prompt is not None:
         if name:
             raise UsageError("give either NAME or --for-prompt, not both")
@@ -254,26 +284,49 @@ def export_cmd(
         from conceptlib.cli.compose import run_export_for_prompt
 
         run_export_for_prompt(
-            for_prompt, fmt, out, negative=negative, overwrite=overwrite, pt=pt, as_json=as_json
+            for_prompt,
+            fmt,
+            out,
+            negative=negative,
+            overwrite=overwrite,
+            pt=pt,
+            as_json=as_json,
+            base=base,
         )
         return
     if not name:
         raise UsageError("give the NAME of the embedding to export (or --for-prompt PROMPT)")
-    if negative or pt:
-        raise UsageError("--negative and --pt go with --for-prompt")
-    fmt = fmt or "safetensors"
-    if fmt not in EXPORT_FORMATS:
+    if negative or pt or base:
+        raise UsageError("--negative, --base and --pt go with --for-prompt")
+    fmt = for_ui or fmt or "safetensors"
+    if fmt not in EXPORT_FORMATS and fmt != for_ui:
         raise UsageError(
             f"--format {fmt} is a UI layout for --for-prompt; for NAME use one of "
             f"{', '.join(EXPORT_FORMATS)}"
         )
     with open_library() as lib:
         paths = lib.export(name, fmt, out, overwrite=overwrite)
+    render_exported(paths, {"name": name, "format": fmt}, as_json=as_json)
+
+
+def render_exported(paths: Any, facts: dict[str, Any], *, as_json: bool) -> None:
+    """Print what an export wrote: the paths on stdout (one a line, or ``--json`` with
+    ``files`` and ``original``), and on stderr which ones are the original imported
+    file's bytes (``paths.original``)."""
+    original = [str(p) for p in getattr(paths, "original", [])]
     if as_json:
-        print_json({"name": name, "format": fmt, "files": [str(p) for p in paths]})
-    else:
-        for p in paths:
-            click.echo(str(p))
+        print_json({**facts, "files": [str(p) for p in paths], "original": original})
+        return
+    for p in paths:
+        click.echo(str(p))
+    if original:
+        from conceptlib.cli.common import err_console
+        from conceptlib.cli.render import printable
+
+        for p in original:
+            err_console().print(
+                f"{printable(p)}: the original file, byte for byte as it was imported"
+            )
 
 
 @click.command("verify")

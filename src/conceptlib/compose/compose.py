@@ -34,6 +34,8 @@ from conceptlib.compose.budget import BudgetReport, check_budget, count_budget
 from conceptlib.compose.loader import check_compatibility, partial_note
 from conceptlib.compose.prompt import EmbeddingRef, format_weight, parse_prompt
 from conceptlib.compose.resolve import ResolvedPrompt, resolve_prompt
+from conceptlib.compose.ui.a1111 import infotext
+from conceptlib.compose.ui.a1111 import parse_infotext as parse_infotext
 from conceptlib.errors import BaseModelError, ConceptlibError, UsageError
 from conceptlib.schemas.enums import FAMILY_SLOTS, SLOT_WIDTH, WIDTH_SLOT, Family
 
@@ -78,10 +80,14 @@ class ComposeEmbedding:
     tensor_sha256: str
     file_sha256: str
     used_in: list[str] = field(default_factory=list)
+    #: SHA-256 of the file A1111 loads for this entry (:func:`~conceptlib.compose.export.
+    #: ui_file_sha256`: the bytes ``export --for-prompt --format a1111`` writes).
+    a1111_sha256: str = ""
 
     @property
     def a1111_hash(self) -> str:
-        return self.file_sha256[:12]
+        """A1111's ``TI hashes`` value: the first 12 hex of :attr:`a1111_sha256`."""
+        return self.a1111_sha256[:12]
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -102,7 +108,12 @@ class ComposeEmbedding:
 
 @dataclass
 class ComposeResult:
-    """What :func:`compose` did (or, with ``dry_run``, would do)."""
+    """What :func:`compose` did (or, with ``dry_run``, would do).
+
+    ``a1111_prompt`` / ``a1111_negative`` are the prompts in A1111's syntax, as the
+    infotext holds them; ``model_hash`` is A1111's ``Model hash`` of a single-file base
+    (the first 10 hex of the checkpoint file's SHA-256), ``None`` for other bases.
+    """
 
     prompt: str
     negative: str | None
@@ -124,12 +135,17 @@ class ComposeResult:
     seeds: list[int] = field(default_factory=list)
     images: list[Path] = field(default_factory=list)
     infotexts: list[str] = field(default_factory=list)
+    a1111_prompt: str | None = None
+    a1111_negative: str | None = None
+    model_hash: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "dry_run": self.dry_run,
             "prompt": self.prompt,
             "negative": self.negative,
+            "a1111_prompt": self.a1111_prompt,
+            "a1111_negative": self.a1111_negative,
             "expanded_prompt": self.expanded_prompt,
             "expanded_negative": self.expanded_negative,
             "embeddings": [e.to_dict() for e in self.embeddings],
@@ -139,6 +155,7 @@ class ComposeResult:
             "base_family": self.base_family,
             "base_model_id": self.base_model_id,
             "fingerprint": self.fingerprint,
+            "model_hash": self.model_hash,
             "steps": self.steps,
             "guidance": self.guidance,
             "sampler": self.sampler,
@@ -253,67 +270,8 @@ def assign_placeholders(
 
 # --------------------------------------------------------------------------- infotext
 
-
-def _quote(value: str) -> str:
-    """Quote an infotext value the way A1111 does (JSON string when it has , : or newline)."""
-    if "," not in value and ":" not in value and "\n" not in value and '"' not in value:
-        return value
-    return json.dumps(value, ensure_ascii=False)
-
-
-def infotext(
-    prompt: str,
-    negative: str | None,
-    params: Sequence[tuple[str, Any]],
-) -> str:
-    """A1111 ``parameters`` text: the prompt, ``Negative prompt: ...``, then ``Key: value, ...``."""
-    lines = [prompt]
-    if negative:
-        lines.append(f"Negative prompt: {negative}")
-    lines.append(", ".join(f"{k}: {_quote(str(v))}" for k, v in params if v is not None))
-    return "\n".join(lines)
-
-
-_PARAM = re.compile(r'\s*([\w ()\-/.]+):\s*("(?:\\.|[^\\"])*"|[^,]*)(?:,|$)')
-
-
-def parse_infotext(text: str) -> dict[str, Any]:
-    """Read A1111 infotext back: ``{"prompt", "negative", "params": {key: value}}``."""
-    lines = text.split("\n")
-    params_line = lines[-1] if len(lines) > 1 else ""
-    if not _PARAM.match(params_line) or "Steps:" not in params_line:
-        params_line = ""
-        body = lines
-    else:
-        body = lines[:-1]
-    prompt_lines: list[str] = []
-    neg_lines: list[str] | None = None
-    for line in body:
-        if line.startswith("Negative prompt:"):
-            neg_lines = [line[len("Negative prompt:") :].strip()]
-        elif neg_lines is not None:
-            neg_lines.append(line)
-        else:
-            prompt_lines.append(line)
-    params: dict[str, str] = {}
-    for m in _PARAM.finditer(params_line):
-        key, value = m.group(1).strip(), m.group(2).strip()
-        if value.startswith('"'):
-            value = json.loads(value)
-        if key:
-            params[key] = value
-    return {
-        "prompt": "\n".join(prompt_lines),
-        "negative": "\n".join(neg_lines) if neg_lines is not None else None,
-        "params": params,
-    }
-
-
-def short_fingerprint(fingerprint: str | None, n: int = 10) -> str | None:
-    """``fp2:abcdef...`` -> ``abcdef0123`` (what A1111 shows as ``Model hash``)."""
-    if not fingerprint:
-        return None
-    return fingerprint.rsplit(":", 1)[-1][:n]
+# A1111's infotext, written and read, lives with A1111's other rules in
+# conceptlib.compose.ui.a1111 (``infotext`` and ``parse_infotext`` are imported above).
 
 
 # --------------------------------------------------------------------------- compose
@@ -359,8 +317,16 @@ def compose(
     height: int | None = None,
     device: str | None = None,
     overwrite: bool = False,
+    hash_progress: Callable[[int, int], None] | None = None,
 ) -> ComposeResult:
     """Generate ``n`` images of ``prompt`` with the embeddings it names.
+
+    Each PNG's ``parameters`` chunk is A1111 infotext, written so that A1111 reads it
+    as meant: the prompts in A1111's syntax (``(name:0.8)``, bare names; see
+    :mod:`conceptlib.compose.ui.a1111`), ``Model hash`` only for a single-file base
+    (A1111's hash of that file), ``TI hashes`` only for the embeddings A1111 would apply,
+    and our fingerprint as ``Conceptlib base fingerprint``. The ``conceptlib`` chunk
+    holds the prompts in conceptlib's syntax (JSON).
 
     Args:
         prompt: text with ``<name>`` / ``<name:0.8>`` references.
@@ -380,6 +346,9 @@ def compose(
             :func:`~conceptlib.models.base.resolve_device` before the model loads
             (ignored with ``dry_run`` or an already loaded ``base``).
         overwrite: replace existing output files.
+        hash_progress: ``(done_bytes, total_bytes)`` while a single-file base is hashed
+            for ``Model hash`` (once per file: the hash is cached in the settings' cache
+            dir, see :mod:`conceptlib.models.checkpoint_hash`).
 
     Raises:
         PromptSyntaxError, InvalidWeight: a malformed prompt (with its column).
@@ -413,7 +382,7 @@ def compose(
         negative=negative,
         expanded_prompt="",
         expanded_negative=None,
-        embeddings=_embeddings(prompts, placeholders, levels),
+        embeddings=_embeddings(prompts, placeholders, levels, library),
         budgets=budgets,
         warnings=warnings_out,
         dry_run=dry_run,
@@ -423,6 +392,7 @@ def compose(
         guidance=guidance,
     )
     _set_expanded(result, resolved, resolved_neg, placeholders)
+    _set_a1111(result, resolved, resolved_neg)
     if dry_run:
         return result
 
@@ -436,6 +406,7 @@ def compose(
     result.base = bm.ref
     result.base_model_id = bm.model_id
     result.fingerprint = bm.fingerprint
+    result.model_hash = _model_hash(bm, library, hash_progress)
     if family is None or Family(bm.family) != family:
         family = Family(bm.family)
         result.base_family = family.value
@@ -491,14 +462,57 @@ def _check_families(
             levels[info.tensor_sha256] = level
             if level == "partial":
                 notes.append(partial_note(f"<{info.name}>", info.family, family))
+                notes.append(_ui_partial_note(info, family))
     return levels
+
+
+def _ui_partial_note(info: EmbeddingInfo, family: Family) -> str:
+    """What the UIs do with the partly fitting ``info`` (an SD 1.x embedding on SDXL)."""
+    from conceptlib.compose.ui import UI_FORMATS, ui_module
+
+    modules = [ui_module(f) for f in UI_FORMATS]
+    skip = [m.LABEL for m in modules if m.SD1_ON_SDXL == "skip"]
+    part = [m.LABEL for m in modules if m.SD1_ON_SDXL != "skip"]
+    return (
+        f"{' and '.join(skip)} will not apply <{info.name}> on an {family.value} model "
+        f"(they skip {info.family} embeddings there), so the infotext's TI hashes leave it "
+        f"out; {' and '.join(part)} apply it to the first text encoder only"
+    )
+
+
+def _set_a1111(
+    result: ComposeResult, resolved: ResolvedPrompt, resolved_neg: ResolvedPrompt | None
+) -> None:
+    """The prompts in A1111's syntax, for the infotext (A1111 never refuses a name)."""
+    from conceptlib.compose.formats import render
+
+    result.a1111_prompt = render(resolved, "a1111")
+    result.a1111_negative = render(resolved_neg, "a1111") if resolved_neg is not None else None
+
+
+def _model_hash(
+    bm: BaseModel, library: Library, progress: Callable[[int, int], None] | None
+) -> str | None:
+    """A1111's ``Model hash`` of a single-file base; ``None`` for other bases."""
+    from conceptlib.models.checkpoint_hash import a1111_model_hash, checkpoint_file
+
+    path = checkpoint_file(bm.ref, is_tiny=bool(getattr(bm, "is_tiny", False)))
+    if path is None:
+        return None
+    try:
+        return a1111_model_hash(path, library.settings.cache_dir, progress=progress)
+    except OSError:
+        return None
 
 
 def _embeddings(
     prompts: Sequence[ResolvedPrompt],
     placeholders: dict[tuple[str, float], list[str]],
     levels: dict[str, str],
+    library: Library,
 ) -> list[ComposeEmbedding]:
+    from conceptlib.compose.export import ui_file_sha256
+
     out: dict[tuple[str, float], ComposeEmbedding] = {}
     for p in prompts:
         for r in p.refs:
@@ -517,6 +531,7 @@ def _embeddings(
                     num_vectors=r.info.num_vectors,
                     tensor_sha256=r.info.tensor_sha256,
                     file_sha256=r.info.file_sha256,
+                    a1111_sha256=ui_file_sha256(library, r.info, "a1111"),
                 )
             if p.which not in e.used_in:
                 e.used_in.append(p.which)
@@ -660,20 +675,35 @@ def _generate(
     return result
 
 
+#: Our fingerprint's field in the infotext (A1111 keeps fields it does not know).
+FINGERPRINT_FIELD = "Conceptlib base fingerprint"
+
+
 def _infotext_for(result: ComposeResult, bm: BaseModel, seed: int, size: tuple[int, int]) -> str:
-    ti = ", ".join(f"{e.name}: {e.a1111_hash}" for e in _unique_by_name(result.embeddings))
+    """The A1111 infotext of one image (see :func:`compose` for what goes where)."""
+    from conceptlib.compose.ui import a1111
+
+    # TI hashes: only what A1111 applies (it skips an SD 1.x embedding on SDXL), under
+    # the name A1111 triggers.
+    applied = [e for e in _unique_by_name(result.embeddings) if e.compatibility == "full"]
+    ti = ", ".join(f"{a1111.trigger(e.name, e.token)}: {e.a1111_hash}" for e in applied)
+    model = bm.model_id
+    if result.model_hash is not None:
+        model = Path(bm.ref).stem  # A1111's model name: the checkpoint file without extension
     params: list[tuple[str, Any]] = [
         ("Steps", result.steps),
         ("Sampler", result.sampler),
         ("CFG scale", format_weight(float(result.guidance or 0))),
         ("Seed", seed),
         ("Size", f"{size[0]}x{size[1]}"),
-        ("Model hash", short_fingerprint(bm.fingerprint)),
-        ("Model", bm.model_id),
+        ("Model hash", result.model_hash),
+        ("Model", model),
         ("TI hashes", ti or None),
+        (FINGERPRINT_FIELD, bm.fingerprint),
         ("Version", f"conceptlib {_version()}"),
     ]
-    return infotext(result.prompt, result.negative, params)
+    prompt = result.a1111_prompt if result.a1111_prompt is not None else result.prompt
+    return infotext(prompt, result.a1111_negative, params)
 
 
 def _unique_by_name(embs: Sequence[ComposeEmbedding]) -> list[ComposeEmbedding]:
@@ -700,6 +730,7 @@ def _json_record(result: ComposeResult, bm: BaseModel, seed: int, size: tuple[in
                 "model_id": bm.model_id,
                 "family": Family(bm.family).value,
                 "fingerprint": bm.fingerprint,
+                "model_hash": result.model_hash,
             },
             "embeddings": [
                 {
@@ -738,8 +769,27 @@ def _write_png(path: Path, image: Any, parameters: str, record: str) -> None:
     atomic_write(path, buf.getvalue())
 
 
-def format_prompts(library: Library, prompt: str, negative: str | None, fmt: str) -> Any:
-    """``prompt`` (and ``negative``) in UI ``fmt``'s syntax; see :mod:`conceptlib.compose.formats`."""
+def format_prompts(
+    library: Library,
+    prompt: str,
+    negative: str | None,
+    fmt: str,
+    *,
+    base: str | os.PathLike[str] | None = None,
+) -> Any:
+    """``prompt`` (and ``negative``) in UI ``fmt``'s syntax, as a
+    :class:`~conceptlib.compose.formats.RenderedPrompt`.
+
+    ``base`` (read for its family only, from config files: nothing is loaded) says
+    which model the UI will use, so that the warnings can name the embeddings that UI
+    will not apply on it; without it the family is implied by the prompt's SDXL
+    embeddings, if any.
+
+    Raises:
+        UntriggerableName: an entry the UI cannot name (even mapped), or two it would
+            name alike.
+        UnknownEmbedding, PromptSyntaxError, ConflictingWeights: from the prompts.
+    """
     from conceptlib.compose.formats import render_prompts
 
     resolved = resolve_prompt(library, parse_prompt(prompt, which="prompt"))
@@ -748,4 +798,5 @@ def format_prompts(library: Library, prompt: str, negative: str | None, fmt: str
         if negative is not None
         else None
     )
-    return render_prompts(resolved, resolved_neg, fmt)
+    family = peek_family(base) if base is not None else None
+    return render_prompts(resolved, resolved_neg, fmt, library=library, family=family)

@@ -12,6 +12,8 @@ each importing only those listed before it:
   each family's diffusers pipeline;
 * :mod:`~conceptlib.models.folders`: diffusers folders and cached Hub repo ids;
 * :mod:`~conceptlib.models.single_file`: single-file ``.safetensors`` checkpoints;
+* :mod:`~conceptlib.models.checkpoint_hash`: a checkpoint file's SHA-256 (A1111's
+  ``Model hash``), cached by path, size and mtime;
 * :mod:`~conceptlib.models.base`: :class:`BaseModel` and :func:`load_base`.
 
 Importing this package imports none of torch, diffusers, transformers or
@@ -26,6 +28,7 @@ from conceptlib.models.base import (
     load_base,
     resolve_device,
 )
+from conceptlib.models.checkpoint_hash import a1111_model_hash, checkpoint_file, checkpoint_sha256
 from conceptlib.models.family import family_from_widths
 from conceptlib.models.fingerprint import (
     FINGERPRINT_PREFIX,
@@ -51,8 +54,11 @@ __all__ = [
     "TINY_VERSION",
     "BaseModel",
     "TextEncoderSlot",
+    "a1111_model_hash",
     "available_devices",
     "base_tokenizers",
+    "checkpoint_file",
+    "checkpoint_sha256",
     "ensure_tiny",
     "family_from_widths",
     "fingerprint_path",

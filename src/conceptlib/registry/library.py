@@ -32,7 +32,7 @@ from conceptlib.errors import (
     StoreError,
     UsageError,
 )
-from conceptlib.registry import fields, upkeep
+from conceptlib.registry import fields, originals, upkeep
 from conceptlib.registry.folders import collect_files, read_sidecars
 from conceptlib.registry.formats.embedding import Embedding, sha256_hex
 from conceptlib.registry.pending import PendingEntry, validate_tag
@@ -334,6 +334,7 @@ class Library:
                 tensor_sha256=tensor_sha,
             ) from None
         pending.canonical = canonical
+        pending.original = originals.kept_original(file_bytes, pending.file_sha256, tensor_sha)
         pending.new_previews = [(_safe_filename(p.filename), p.role, p.data) for p in previews]
         with self._cleanup_on_failure():
             self._store_pending(pending, durable=True)
@@ -562,6 +563,8 @@ class Library:
                     blobs: dict[str, bytes] = {}
                     for p in batch:
                         blobs[p.tensor_sha256] = p.canonical
+                        if p.original:
+                            blobs[p.file_sha256] = p.original
                         for _f, _role, sha, _size in p.previews:
                             blobs[sha] = self.store.get(sha, verify=False)
                     dialect.insert_blobs(conn, self.catalog.dialect_name, blobs, now)
@@ -662,6 +665,8 @@ class Library:
         """Write an entry's blobs. Bulk imports pass ``durable=False``: ``_commit`` then
         syncs the whole batch once before inserting the rows."""
         self.store.put(p.canonical, p.tensor_sha256, durable=durable)
+        if p.original:  # the imported file, written back by exports in its layout
+            self.store.put(p.original, p.file_sha256, durable=durable)
         for filename, role, data in p.new_previews:
             sha = self.store.put(data, durable=durable)
             p.previews.append((filename, role, sha, len(data)))
@@ -792,7 +797,7 @@ class Library:
         referenced = upkeep.referenced_blobs(self)
         gone = [
             s
-            for s in [info.tensor_sha256] + [p.sha256 for p in info.previews]
+            for s in [info.tensor_sha256, info.file_sha256] + [p.sha256 for p in info.previews]
             if s not in referenced
         ]
         for sha in gone:
@@ -851,14 +856,24 @@ class Library:
 
     def export(
         self, name: str, fmt: str, out: str | os.PathLike[str], *, overwrite: bool = False
-    ) -> list[Path]:
+    ) -> originals.ExportedFiles:
         """Write an entry in one of the formats UIs read.
 
         ``fmt``: ``a1111-pt`` (SD 1.x/2.x), ``safetensors`` (``emb_params``; SDXL as
         ``{clip_l, clip_g}``), ``diffusers`` (``{name}.safetensors`` keyed by the token in
-        its tokenizer form; SDXL: ``{name}/learned_embeds.safetensors`` and ``..._2``) or
-        ``sdxl``. ``out`` is a folder (files named after the entry) or, for one-file
-        formats, a file. A file that already holds the same bytes is left as it is.
+        its tokenizer form; SDXL: ``{name}/learned_embeds.safetensors`` and ``..._2``),
+        ``sdxl`` or ``invokeai`` (the folder InvokeAI installs:
+        ``{name}/learned_embeds.bin``). ``out`` is a folder (files named after the entry)
+        or, for one-file formats, a file. A file that already holds the same bytes is
+        left as it is. When the entry was imported from a file in this very layout, that
+        file's bytes are written (so its SHA-256, A1111 hash and AutoV2 are the ones
+        other sites show for it) and listed in the result's ``original``; otherwise the
+        bytes are written fresh, the same for the same vectors every time
+        (:mod:`~conceptlib.registry.originals`).
+
+        Returns:
+            The paths written (a list), with ``.original``: those holding the original
+            file's bytes.
 
         Raises:
             UsageError: an unknown format, or one the entry's family cannot use
@@ -869,7 +884,7 @@ class Library:
         from conceptlib.registry.formats.write import (
             WRITE_FORMATS,
             check_writable,
-            export_files,
+            export_layout,
             place_files,
         )
 
@@ -879,13 +894,15 @@ class Library:
             )
         info = self.get(name)
         check_writable(fmt, info.family, what=repr(info.name))
-        files = export_files(self.load(info), fmt, name=info.name, token=info.token)
+        written = originals.entry_files(self, info, fmt)
+        files = export_layout(written, fmt, name=info.name)
         out_path = Path(out).expanduser()
-        if len(files) == 1 and not out_path.is_dir() and out_path.suffix:
+        if len(files) == 1 and fmt != "invokeai" and not out_path.is_dir() and out_path.suffix:
             targets = {out_path: next(iter(files.values()))}
         else:
             targets = {out_path / rel: data for rel, data in files.items()}
-        return place_files(targets, overwrite=overwrite)
+        paths = place_files(targets, overwrite=overwrite)
+        return originals.ExportedFiles(paths, paths if written.original else ())
 
     # ------------------------------------------------------------------ maintenance
 

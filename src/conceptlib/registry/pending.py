@@ -74,6 +74,9 @@ class PendingEntry:
     path: str | None = None
     #: The canonical serialization (its SHA-256 is ``tensor_sha256``).
     canonical: bytes = b""
+    #: The imported file's bytes (SHA-256 ``file_sha256``), kept to be written back by
+    #: exports in its layout (:mod:`~conceptlib.registry.originals`); empty when not kept.
+    original: bytes = b""
     #: (filename, role, bytes) of previews not yet in the store; see ``_store_pending``.
     new_previews: list[tuple[str, str, bytes]] = field(default_factory=list)
     #: How the name and token were made, when not simply the file's (for the report).
@@ -379,7 +382,7 @@ def prepare_file(
         fname, pdata = sidecar.preview
         new_previews.append((fname, "preview", pdata))
     canonical = parsed.embedding.canonical_bytes()
-    return PendingEntry(
+    pending = PendingEntry(
         embedding=parsed.embedding,
         name=final_name,
         token=final_token,
@@ -398,6 +401,28 @@ def prepare_file(
         derived=derived,
         notes=list(sidecar.warnings),
     )
+    pending.original = _original(path, parsed, file_sha256)
+    return pending
+
+
+def _original(path: Path, parsed: Any, sha: str) -> bytes:
+    """The bytes of ``path`` to keep as the entry's original (see
+    :func:`conceptlib.registry.originals.keepable`), read again with a size cap and kept
+    only when they are still the bytes recorded as ``file_sha256`` (``sha``); empty
+    otherwise."""
+    from conceptlib.registry.originals import MAX_ORIGINAL_BYTES, keepable
+
+    try:
+        size = path.stat().st_size
+        if not keepable(parsed, size):
+            return b""
+        with path.open("rb") as fh:
+            data = fh.read(MAX_ORIGINAL_BYTES + 1)
+    except OSError:
+        return b""
+    if len(data) > MAX_ORIGINAL_BYTES or hashlib.sha256(data).hexdigest() != sha:
+        return b""
+    return data
 
 
 def name_for_family(p: PendingEntry, holder: str, holder_family: str) -> None:

@@ -32,11 +32,19 @@ __all__ = [
 
 ProgressCallback = Callable[[int, int, str], None]
 
-_REFERENCED = "SELECT tensor_sha256 FROM embedding UNION SELECT sha256 FROM preview"
+#: Every blob a row names: an entry's vectors, its original file (kept by imports to be
+#: written back by exports, :mod:`~conceptlib.registry.originals`) and its previews.
+_REFERENCED = (
+    "SELECT tensor_sha256 FROM embedding UNION SELECT file_sha256 FROM embedding "
+    "UNION SELECT sha256 FROM preview"
+)
 
 
 def referenced_blobs(lib: Library) -> set[str]:
-    """SHA-256 of every blob a row names (embeddings and previews)."""
+    """SHA-256 of every blob a row names (embeddings, their original files, previews).
+
+    An entry's original file is named by ``file_sha256`` whether or not it was kept
+    (trained entries, older catalogs): a name without a blob is not a problem."""
     with lib.reader() as r:
         rows = r._exec(_REFERENCED)
     return {x[0] for x in rows}
@@ -56,6 +64,7 @@ def delete_unreferenced_db_blobs(lib: Library, shas: Sequence[str]) -> None:
 
 def verify(lib: Library, *, on_progress: ProgressCallback | None = None) -> VerifyReport:
     """Check every blob against its hash, and the database's integrity."""
+
     report = VerifyReport()
     try:
         report.problems += lib.catalog.integrity_problems()
@@ -88,6 +97,17 @@ def verify(lib: Library, *, on_progress: ProgressCallback | None = None) -> Veri
             report.problems.append(f"{ename}: {what} blob {sha[:12]} is {problem}")
         if on_progress:
             on_progress(i + 1, total, ename)
+    # Original files are optional (not every entry has one): check those that are here.
+    with lib.reader() as r:
+        kept = r._exec("SELECT name, file_sha256 FROM embedding")
+    for ename, sha in kept:
+        if sha in referenced or not sha or not lib.store.has(sha):
+            continue
+        referenced.add(sha)
+        report.checked_blobs += 1
+        problem = lib.store.check(sha)
+        if problem:
+            report.problems.append(f"{ename}: original file blob {sha[:12]} is {problem}")
     report.orphan_blobs = [s for s in lib.store.iter_blobs() if s not in referenced]
     return report
 

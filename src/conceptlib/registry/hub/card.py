@@ -2,8 +2,9 @@
 
 A pushed card carries the metadata the Hub indexes (``library_name: diffusers``,
 ``base_model``, ``license``, ``tags`` with ``textual-inversion``, the family, the
-kind and ``negative-embedding`` for negatives) and usage snippets for diffusers,
-A1111 and ComfyUI. Rendering is deterministic: the same concept gives the same
+kind and ``negative-embedding`` for negatives) and usage for diffusers (a plain
+``load_textual_inversion(repo)`` for SD 1.x/2.x; SDXL needs one call per text encoder,
+which the card spells out), A1111, ComfyUI and InvokeAI. Rendering is deterministic: the same concept gives the same
 bytes, so an unchanged push makes no commit.
 
 YAML goes through PyYAML, a dependency of ``huggingface_hub`` (imported lazily).
@@ -15,6 +16,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from conceptlib.registry.formats.write import INVOKEAI_FILENAME
 from conceptlib.registry.hub.repos import REPO_ID as _REPO_ID
 from conceptlib.schemas.manifest import ConceptManifest, LibraryIndex
 from conceptlib.schemas.names import tokenizer_form
@@ -146,8 +148,9 @@ def _metadata(m: ConceptManifest) -> dict[str, Any]:
     return meta
 
 
-def render_card(m: ConceptManifest, *, repo_id: str) -> str:
-    """The ``README.md`` of a concept repo."""
+def render_card(m: ConceptManifest, *, repo_id: str, invokeai: bool = False) -> str:
+    """The ``README.md`` of a concept repo; ``invokeai``: the repo also holds
+    ``learned_embeds.bin`` (``push --for invokeai``), which InvokeAI installs."""
     fam = str(m.family)
     negative = str(m.kind) == "negative"
     fname = m.embedding.path
@@ -216,6 +219,23 @@ def render_card(m: ConceptManifest, *, repo_id: str) -> str:
         "",
         f"Save `{fname}` as `ComfyUI/models/embeddings/{m.name}.safetensors` and write "
         f"`embedding:{m.name}` in the {where}.",
+        "",
+        "### InvokeAI",
+        "",
+    ]
+    if invokeai:
+        lines.append(
+            f"Install `{repo_id}` by its repo id in the model manager (it takes "
+            f"`{INVOKEAI_FILENAME}`) and write `<NAME>` in the {where}, NAME being the "
+            "model's name there."
+        )
+    else:
+        lines.append(
+            f"This repo has no `{INVOKEAI_FILENAME}`, the file InvokeAI installs a repo by: "
+            f"`conceptlib pull {repo_id}`, then `conceptlib export {m.name} --for invokeai "
+            f"-o DIR` writes the folder `DIR/{m.name}` that InvokeAI installs."
+        )
+    lines += [
         "",
         "### conceptlib",
         "",

@@ -9,7 +9,8 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
-from conceptlib.errors import HubError
+from conceptlib.errors import HubError, UsageError
+from conceptlib.registry.formats.write import INVOKEAI_FILENAME
 from conceptlib.registry.hub.repos import (
     CARD_FILENAME,
     EMBEDDING_FILENAME,
@@ -122,26 +123,61 @@ def build_manifest(lib: Library, info: EmbeddingInfo) -> tuple[ConceptManifest, 
     return manifest, files
 
 
-def concept_repo_files(lib: Library, info: EmbeddingInfo, *, repo_id: str) -> dict[str, bytes]:
-    """Every file of a concept repo, by path."""
+def check_for_ui(for_ui: str | None) -> bool:
+    """Whether a push adds InvokeAI's ``learned_embeds.bin`` (``--for invokeai``).
+
+    Raises:
+        UsageError: any other value than None and ``"invokeai"``.
+    """
+    if for_ui not in (None, "invokeai"):
+        raise UsageError(f"--for {for_ui!r}: the one layout a push adds is invokeai")
+    return for_ui == "invokeai"
+
+
+def invokeai_file(lib: Library, info: EmbeddingInfo) -> bytes:
+    """The ``learned_embeds.bin`` InvokeAI installs a repo (or repo folder) by: a torch
+    file whose width InvokeAI's probe reads right (see
+    :func:`~conceptlib.registry.formats.write.write_embedding`, format ``invokeai``)."""
+    from conceptlib.registry.formats import write_embedding
+
+    files = write_embedding(lib.load(info), "invokeai", name=info.name, token=info.token)
+    return files[INVOKEAI_FILENAME]
+
+
+def concept_repo_files(
+    lib: Library, info: EmbeddingInfo, *, repo_id: str, for_ui: str | None = None
+) -> dict[str, bytes]:
+    """Every file of a concept repo, by path; ``for_ui="invokeai"`` adds
+    ``learned_embeds.bin`` (InvokeAI's layout) beside ``learned_embeds.safetensors``."""
     from conceptlib.registry.hub.card import render_card
 
+    invokeai = check_for_ui(for_ui)
     manifest, files = build_manifest(lib, info)
+    if invokeai:
+        files[INVOKEAI_FILENAME] = invokeai_file(lib, info)
     # As the learned_embeds key: the form CLIP's tokenizer matches (concept.json keeps
     # the token as typed).
     files[TOKEN_FILENAME] = tokenizer_form(info.token).encode("utf-8")
     files[TYPE_FILENAME] = info.kind.encode("utf-8")
     files["concept.json"] = manifest.to_json_bytes()
-    files[CARD_FILENAME] = render_card(manifest, repo_id=repo_id).encode("utf-8")
+    files[CARD_FILENAME] = render_card(manifest, repo_id=repo_id, invokeai=invokeai).encode("utf-8")
     return files
 
 
 def library_repo_files(
-    lib: Library, infos: Sequence[EmbeddingInfo], *, repo_id: str, selection: dict[str, Any]
+    lib: Library,
+    infos: Sequence[EmbeddingInfo],
+    *,
+    repo_id: str,
+    selection: dict[str, Any],
+    for_ui: str | None = None,
 ) -> tuple[LibraryIndex, dict[str, bytes]]:
+    """Every file of a library repo; ``for_ui="invokeai"`` adds each concept folder's
+    ``learned_embeds.bin`` (InvokeAI installs ``REPO:concepts/NAME``)."""
     from conceptlib.registry.hub.card import render_library_card
     from conceptlib.schemas.manifest import LibraryEntry, LibraryIndex
 
+    invokeai = check_for_ui(for_ui)
     files: dict[str, bytes] = {}
     entries = []
     for info in sorted(infos, key=lambda i: name_key(i.name)):
@@ -150,6 +186,8 @@ def library_repo_files(
             raise HubError(f"{info.name!r} cannot be a folder name in a repo")
         manifest, cfiles = build_manifest(lib, info)
         mbytes = manifest.to_json_bytes()
+        if invokeai:
+            cfiles[INVOKEAI_FILENAME] = invokeai_file(lib, info)
         for rel, data in cfiles.items():
             files[f"{folder}/{rel}"] = data
         files[f"{folder}/concept.json"] = mbytes

@@ -12,7 +12,8 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from conceptlib.errors import HubAuthError, HubConflict, HubNotFound, HubOffline, UsageError
-from conceptlib.registry.hub.manifest import concept_repo_files, library_repo_files
+from conceptlib.registry.formats.write import INVOKEAI_FILENAME
+from conceptlib.registry.hub.manifest import check_for_ui, concept_repo_files, library_repo_files
 from conceptlib.registry.hub.repos import (
     EMBEDDING_FILENAME,
     LIBRARY_CONCEPT_DIR,
@@ -141,18 +142,24 @@ def push(
     force: bool = False,
     token: str | None = None,
     endpoint: str | None = None,
+    for_ui: str | None = None,
 ) -> PushResult:
     """Push one concept to its own repo (created when missing).
 
     Pushing an unchanged concept makes no commit. A push refuses to overwrite a
     branch that moved since this concept's last sync with the repo, unless ``force``.
+    ``for_ui="invokeai"`` adds ``learned_embeds.bin``, the file InvokeAI installs a
+    repo by; a push without it removes that file from the repo (it would hold stale
+    vectors after a change).
 
     Raises:
+        UsageError: ``for_ui`` other than ``"invokeai"``.
         NotFound: no concept named ``name``.
         HubAuthError: no token, a rejected token, or one without write access.
         HubConflict: the remote branch moved since the last sync (or during the push).
         HubUnavailable: the Hub kept failing after the bounded retries.
     """
+    check_for_ui(for_ui)
     settings = HubSettings.from_env(token=token, endpoint=endpoint)
     if settings.offline:
         raise HubOffline("HF_HUB_OFFLINE=1: pushing needs the network")
@@ -172,12 +179,12 @@ def push(
                 hint="create a write token on the Hub and set HF_TOKEN",
             )
     _check_repo_id(repo_id)
-    files = concept_repo_files(lib, info, repo_id=repo_id)
+    files = concept_repo_files(lib, info, repo_id=repo_id, for_ui=for_ui)
     status, commit, changed, deleted, notes = _push_files(
         session,
         repo_id,
         files,
-        managed=lambda p: p.startswith(f"{PREVIEW_DIR}/"),
+        managed=lambda p: p.startswith(f"{PREVIEW_DIR}/") or p == INVOKEAI_FILENAME,
         last=_last_sync([info], repo_id),
         private=private,
         message=message or f"Upload {info.name} (conceptlib)",
@@ -208,14 +215,18 @@ def push_library(
     force: bool = False,
     token: str | None = None,
     endpoint: str | None = None,
+    for_ui: str | None = None,
 ) -> PushResult:
     """Push a chosen part of the catalog as one library repo with a ``library.json`` index.
 
     The selection is every concept matching ``search`` and all ``tags`` (plus any
     ``names``); with no selector at all, the whole catalog. Concepts that left the
     selection are deleted from the repo. Unchanged libraries make no commit.
+    ``for_ui="invokeai"`` adds each concept folder's ``learned_embeds.bin`` (as
+    :func:`push`).
     """
     _check_repo_id(repo_id)
+    check_for_ui(for_ui)
     settings = HubSettings.from_env(token=token, endpoint=endpoint)
     if settings.offline:
         raise HubOffline("HF_HUB_OFFLINE=1: pushing needs the network")
@@ -240,7 +251,7 @@ def push_library(
             "no Hub token: pushing needs one", hint="set HF_TOKEN or run `hf auth login`"
         )
     selection = {"tags": sorted(tags), "search": search, "names": sorted(names)}
-    _, files = library_repo_files(lib, infos, repo_id=repo_id, selection=selection)
+    _, files = library_repo_files(lib, infos, repo_id=repo_id, selection=selection, for_ui=for_ui)
     status, commit, changed, deleted, notes = _push_files(
         session,
         repo_id,

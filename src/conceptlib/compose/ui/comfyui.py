@@ -1,0 +1,61 @@
+"""ComfyUI: prompts and triggers.
+
+Rules read off its public source (``comfy/sd1_clip.py``: ``SDTokenizer.tokenize_with_weights``,
+``token_weights``, ``load_embed``; ``comfy/sdxl_clip.py``):
+
+* **Trigger**: ``embedding:NAME``, where NAME is a file in ``models/embeddings`` with
+  or without its extension (``.safetensors``, ``.pt``, ``.bin`` are tried). ComfyUI
+  splits each weighted segment of the prompt on spaces and newlines only, and a word
+  is an embedding only when it *starts* with ``embedding:``; of what follows, only
+  trailing commas are stripped. So ``embedding:cat-toy`` needs a space (or the start
+  of the prompt) before it and a space, a comma or the end after it: ``xembedding:a``
+  or ``embedding:a.`` find nothing ("embedding ... does not exist, ignoring").
+  Catalog names hold no spaces, parentheses or colons, so every name can be written.
+* **Weights**: ``(embedding:NAME:0.8)``, applied by interpolating each token's
+  encoding towards an empty prompt's (not by scaling the vectors).
+* **SD 1.x embedding on SDXL**: the SDXL tokenizer loads the file for each encoder by
+  key (``clip_l``, ``clip_g``) and falls back to the first tensor; a 768-wide tensor
+  for the 1280-wide second encoder is dropped with "shape mismatch ... embedding will
+  be ignored", so it reaches the first encoder only.
+"""
+
+from __future__ import annotations
+
+from conceptlib.compose.ui.syntax import Piece, plain_number
+
+LABEL = "ComfyUI"
+SD1_ON_SDXL = "first encoder"
+SD1_ON_SDXL_HOW = (
+    "ComfyUI applies it to the first text encoder only and drops its rows from the "
+    "second (a shape-mismatch warning)"
+)
+WEIGHTS = "by interpolating towards an empty prompt (ComfyUI (embedding:name:w))"
+PREFIX = "embedding:"
+
+
+def trigger(name: str, token: str) -> str:
+    """The name after ``embedding:``: the catalog name, which is the file's stem."""
+    return name
+
+
+def file_stem(name: str, token: str) -> str:
+    """The embedding file's stem in ``models/embeddings``: the trigger."""
+    return trigger(name, token)
+
+
+def reference(trig: str, weight: float | None) -> str:
+    """``embedding:trig``, or ``(embedding:trig:0.8)`` with a weight other than 1."""
+    if weight is None or weight == 1.0:
+        return f"{PREFIX}{trig}"
+    return f"({PREFIX}{trig}:{plain_number(weight)})"
+
+
+def needs_space(left: Piece, right: Piece) -> bool:
+    """A bare ``embedding:NAME`` must be a word of its own: a space before it unless it
+    starts the prompt, and after it unless a space, comma or the end follows.
+    A weighted one is its own parenthesized segment."""
+    if right.ref and not right.weighted:
+        return True
+    if left.ref and not left.weighted:
+        return right.text[0] != ","
+    return False
