@@ -519,3 +519,22 @@ def test_a_pulled_single_file_is_exported_as_the_file_on_the_hub(hub, lib, tmp_p
     again = hubmod.pull(lib, "alice/easy")
     assert lib.get(again.name).file_sha256 == sha(data)
     assert lib.export(again.name, "safetensors", tmp_path / "fresh").original == []
+
+
+def test_invokeai_export_folder_is_a_name_invokeai_can_trigger(lib, tmp_path):
+    """InvokeAI names the model after its folder and finds triggers with
+    ``<[a-zA-Z0-9., _-]+>`` (InvokeAI ``ti_utils.py``): a versioned handle made by
+    ``pull`` (``cat-toy@v1``) exported as ``cat-toy@v1/`` could never be triggered; the
+    folder takes the same mapped name ``compose --format invokeai`` prints."""
+    import re
+
+    from conceptlib.compose.compose import format_prompts
+    from conceptlib.registry.samples import sample_embedding
+
+    lib.add_embedding(sample_embedding("sd1", 2, 41), name="cat-toy@v1")
+    written = lib.export("cat-toy@v1", "invokeai", tmp_path / "ui")
+    (path,) = written
+    assert path == tmp_path / "ui" / "cat-toy-v1" / "learned_embeds.bin"
+    prompt = format_prompts(lib, "a <cat-toy@v1>", None, "invokeai").prompt
+    (trigger,) = re.findall(r"<([a-zA-Z0-9., _-]+)>", prompt)
+    assert trigger == path.parent.name

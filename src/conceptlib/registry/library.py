@@ -863,7 +863,8 @@ class Library:
         ``{clip_l, clip_g}``), ``diffusers`` (``{name}.safetensors`` keyed by the token in
         its tokenizer form; SDXL: ``{name}/learned_embeds.safetensors`` and ``..._2``),
         ``sdxl`` or ``invokeai`` (the folder InvokeAI installs:
-        ``{name}/learned_embeds.bin``). ``out`` is a folder (files named after the entry)
+        ``{name}/learned_embeds.bin``, the name mapped to one InvokeAI can trigger by
+        :func:`~conceptlib.schemas.names.invokeai_name`: ``cat-toy@v1`` -> ``cat-toy-v1``). ``out`` is a folder (files named after the entry)
         or, for one-file formats, a file. A file that already holds the same bytes is
         left as it is. When the entry was imported from a file in this very layout, that
         file's bytes are written (so its SHA-256, A1111 hash and AutoV2 are the ones

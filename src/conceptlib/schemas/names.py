@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import unicodedata
 
-from conceptlib.errors import InvalidName
+from conceptlib.errors import InvalidName, UntriggerableName
 
 MAX_NAME_LENGTH = 100
 
@@ -167,3 +167,45 @@ def tokenizer_form(token: str) -> str:
     Example: ``tokenizer_form("<BadHand-V4>") == "<badhand-v4>"``.
     """
     return _WHITESPACE_RUN.sub(" ", unicodedata.normalize("NFC", token)).lower()
+
+
+#: What InvokeAI's trigger pattern accepts between ``<`` and ``>`` (InvokeAI
+#: ``invokeai/app/util/ti_utils.py``, ``extract_ti_triggers_from_prompt``).
+INVOKEAI_TRIGGER = re.compile(r"[a-zA-Z0-9., _-]+")
+_OUTSIDE_INVOKEAI = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def invokeai_name(name: str) -> str:
+    """The model name InvokeAI can trigger for catalog name ``name`` (mapped if needed):
+    InvokeAI names an embedding after its file or folder and finds triggers with
+    :data:`INVOKEAI_TRIGGER`, so ``cat-toy@v1`` (made by ``pull``) becomes ``cat-toy-v1``
+    and ``café`` becomes ``cafe``; used for the prompt and the exported folder alike.
+
+    Raises:
+        UntriggerableName: nothing usable is left after mapping (no ASCII letter or
+            digit), or the mapped name is not a valid name.
+    """
+    if INVOKEAI_TRIGGER.fullmatch(name) and name.strip() == name and " " not in name:
+        return name
+    plain = "".join(c for c in unicodedata.normalize("NFKD", name) if not unicodedata.combining(c))
+    mapped = _OUTSIDE_INVOKEAI.sub("-", plain).strip("-.")
+    mapped = re.sub(r"\.{2,}", ".", mapped)
+    why = None
+    if not re.search(r"[A-Za-z0-9]", mapped):
+        why = "no ASCII letter or digit is left"
+    else:
+        try:
+            validate_name(mapped)
+        except InvalidName as exc:
+            why = exc.message
+    if why is not None:
+        raise UntriggerableName(
+            f"InvokeAI cannot trigger {name!r}: its trigger pattern <[a-zA-Z0-9., _-]+> "
+            f"takes ASCII letters, digits, '.', ',', ' ', '_' and '-' only, and mapping the "
+            f"name to those fails ({why})",
+            hint=f"rename the entry to an ASCII name: conceptlib rename {name} NEW-NAME",
+            name=name,
+            ui="invokeai",
+            mapped=None,
+        )
+    return mapped

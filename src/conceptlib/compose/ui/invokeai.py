@@ -18,12 +18,8 @@ Rules read off its public source (``invokeai/app/util/ti_utils.py``:
 
 from __future__ import annotations
 
-import re
-import unicodedata
-
 from conceptlib.compose.ui.syntax import Piece, plain_number
-from conceptlib.errors import InvalidName, UntriggerableName
-from conceptlib.schemas.names import validate_name
+from conceptlib.schemas.names import INVOKEAI_TRIGGER, invokeai_name
 
 LABEL = "InvokeAI"
 SD1_ON_SDXL = "skip"
@@ -34,41 +30,18 @@ SD1_ON_SDXL_HOW = (
 WEIGHTS = "as attention on the token (compel (<name>)w)"
 
 #: What InvokeAI's trigger pattern accepts between ``<`` and ``>``.
-TRIGGER_PATTERN = re.compile(r"[a-zA-Z0-9., _-]+")
-_OUTSIDE = re.compile(r"[^A-Za-z0-9._-]+")
+TRIGGER_PATTERN = INVOKEAI_TRIGGER
 
 
 def trigger(name: str, token: str) -> str:
-    """The model name InvokeAI can trigger for catalog name ``name`` (mapped if needed).
+    """The model name InvokeAI can trigger for catalog name ``name`` (mapped if needed;
+    the rule is :func:`conceptlib.schemas.names.invokeai_name`, which the registry's
+    ``--for invokeai`` export uses for its folder too).
 
     Raises:
-        UntriggerableName: nothing usable is left after mapping (no ASCII letter or
-            digit), or the mapped name is not a valid name.
+        UntriggerableName: nothing usable is left after mapping.
     """
-    if TRIGGER_PATTERN.fullmatch(name) and name.strip() == name and " " not in name:
-        return name
-    plain = "".join(c for c in unicodedata.normalize("NFKD", name) if not unicodedata.combining(c))
-    mapped = _OUTSIDE.sub("-", plain).strip("-.")
-    mapped = re.sub(r"\.{2,}", ".", mapped)
-    why = None
-    if not re.search(r"[A-Za-z0-9]", mapped):
-        why = "no ASCII letter or digit is left"
-    else:
-        try:
-            validate_name(mapped)
-        except InvalidName as exc:
-            why = exc.message
-    if why is not None:
-        raise UntriggerableName(
-            f"InvokeAI cannot trigger {name!r}: its trigger pattern <[a-zA-Z0-9., _-]+> "
-            f"takes ASCII letters, digits, '.', ',', ' ', '_' and '-' only, and mapping the "
-            f"name to those fails ({why})",
-            hint=f"rename the entry to an ASCII name: conceptlib rename {name} NEW-NAME",
-            name=name,
-            ui="invokeai",
-            mapped=None,
-        )
-    return mapped
+    return invokeai_name(name)
 
 
 def file_stem(name: str, token: str) -> str:

@@ -28,7 +28,7 @@ from conceptlib.errors import AlreadyExists, UsageError
 from conceptlib.registry.formats.embedding import Embedding
 from conceptlib.registry.formats.safetensors_io import write_safetensors
 from conceptlib.schemas.enums import Family
-from conceptlib.schemas.names import tokenizer_form, validate_name
+from conceptlib.schemas.names import invokeai_name, tokenizer_form, validate_name
 
 __all__ = [
     "A1111_PT_RECORDS",
@@ -320,7 +320,9 @@ def export_files(emb: Embedding, fmt: str, *, name: str, token: str) -> dict[str
 def export_layout(files: Mapping[str, bytes], fmt: str, *, name: str) -> dict[str, bytes]:
     """:func:`write_embedding`'s ``files`` under the names :func:`export_files` gives them."""
     stem = validate_name(name)
-    if fmt == "invokeai" or (fmt == "diffusers" and len(files) > 1):
+    if fmt == "invokeai":  # InvokeAI names the model after the folder: one it can trigger
+        return {f"{invokeai_name(stem)}/{rel}": data for rel, data in files.items()}
+    if fmt == "diffusers" and len(files) > 1:
         return {f"{stem}/{rel}": data for rel, data in files.items()}
     if fmt == "diffusers":
         return {f"{stem}.safetensors": next(iter(files.values()))}
