@@ -538,3 +538,34 @@ def test_invokeai_export_folder_is_a_name_invokeai_can_trigger(lib, tmp_path):
     prompt = format_prompts(lib, "a <cat-toy@v1>", None, "invokeai").prompt
     (trigger,) = re.findall(r"<([a-zA-Z0-9., _-]+)>", prompt)
     assert trigger == path.parent.name
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["export", "xl-one", "--format", "diffusers"],  # SDXL: a folder of two files
+        ["export", "plain-one", "--for", "invokeai"],  # always a folder
+        ["export", "--for-prompt", "a <plain-one>", "--format", "a1111"],
+    ],
+)
+def test_export_onto_an_existing_file_where_a_folder_goes_is_a_usage_error(
+    lib, tmp_path, args, _isolated_home, catalog_snapshot
+):
+    """``export -o EXISTING_FILE_WITHOUT_SUFFIX`` ended in a FileExistsError traceback."""
+    from click.testing import CliRunner
+
+    from conceptlib.cli.main import cli
+    from conceptlib.registry.samples import sample_embedding
+
+    lib.add_embedding(sample_embedding("sd1", 1, 51), name="plain-one")
+    lib.add_embedding(sample_embedding("sdxl", 1, 52), name="xl-one")
+    lib.close()
+    target = tmp_path / "notes"
+    target.write_text("mine")
+    before = catalog_snapshot(_isolated_home)
+    result = CliRunner().invoke(cli, [*args, "-o", str(target)])
+    assert result.exit_code == 2, result.output
+    assert f"error: {target} is a file, so" in result.output
+    assert "Traceback" not in result.output
+    assert target.read_text() == "mine"
+    assert catalog_snapshot(_isolated_home) == before

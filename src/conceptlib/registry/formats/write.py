@@ -342,12 +342,23 @@ def place_files(targets: Mapping[Path, bytes], *, overwrite: bool = False) -> li
     Raises:
         AlreadyExists: (exit 5) a target exists with other contents, or is a folder;
             nothing was written.
+        UsageError: (exit 2) an existing file stands where a target's folder would be
+            (``export -o some-file`` for a layout that writes a folder); nothing was
+            written.
         StoreError / DiskFull: writing failed (no partial file is left).
     """
     from conceptlib.registry.store import atomic_write
 
     pending: dict[Path, bytes] = {}
     for path, data in targets.items():
+        blocker = _file_in_the_way(path)
+        if blocker is not None:
+            raise UsageError(
+                f"{blocker} is a file, so {path} cannot be written under it; expected a "
+                "folder there",
+                hint="give -o a folder (or a new path), not an existing file",
+                path=str(blocker),
+            )
         if not os.path.lexists(path):
             pending[path] = data
             continue
@@ -364,6 +375,15 @@ def place_files(targets: Mapping[Path, bytes], *, overwrite: bool = False) -> li
     for path, data in pending.items():
         atomic_write(path, data)
     return list(targets)
+
+
+def _file_in_the_way(path: Path) -> Path | None:
+    """The nearest existing ancestor of ``path`` when it is not a folder (writing would
+    end in ``FileExistsError``/``NotADirectoryError``), else None."""
+    for parent in path.parents:
+        if os.path.lexists(parent):
+            return None if parent.is_dir() else parent
+    return None
 
 
 def _holds(path: Path, data: bytes) -> bool:
