@@ -13,7 +13,12 @@ from hypothesis import strategies as st
 from conceptlib.registry.hub import RemoteFile, detect_layout, redact, unsafe_reason
 from conceptlib.registry.hub import repos as hub_repos
 from conceptlib.registry.hub import settings as hub_settings
-from conceptlib.registry.hub.card import parse_card, render_card, split_front_matter
+from conceptlib.registry.hub.card import (
+    parse_card,
+    render_card,
+    render_library_card,
+    split_front_matter,
+)
 from conceptlib.schemas import manifest as mf
 
 pytestmark = pytest.mark.timeout(60)
@@ -100,10 +105,54 @@ def test_card_round_trip_through_yaml():
     assert render_card(m, repo_id="alice/cat-toy") == card
 
 
+def _html(markdown: str) -> str:
+    """The card as the Hub shows it: CommonMark with tables and raw HTML allowed
+    (markdown-it-py, the parser rich uses)."""
+    from markdown_it import MarkdownIt
+
+    return MarkdownIt("commonmark").enable("table").render(markdown)
+
+
 def test_base_model_that_is_not_a_repo_stays_out_of_the_yaml():
     card = render_card(_manifest(base_model="./my-local-sd15"), repo_id="a/b")
     meta, body = split_front_matter(card)
-    assert "base_model" not in meta and "./my-local-sd15" in body
+    assert "base_model" not in meta and "<td>./my-local-sd15</td>" in _html(body)
+
+
+HOSTILE = [
+    "<script>alert(1)</script>",
+    '<img src=x onerror="alert(1)">',
+    "[click](javascript:alert(1))",
+    "a | b | c",
+    "# heading\n- list\n<iframe src=//x>",
+    "&lt;b&gt; `code` *em*",
+]
+
+
+@pytest.mark.parametrize("text", HOSTILE)
+def test_user_text_in_a_model_card_renders_as_text(text):
+    """Sidecar descriptions, `sd version` and Civitai `baseModel` reach the card: no raw
+    HTML, link, heading or table cell may come from them (issue "Hostile inputs")."""
+    m = _manifest(description=text, base_model=text, license=text)
+    html = _html(split_front_matter(render_card(m, repo_id="a/b"))[1])
+    for tag in ("<script", "<img", "<iframe", '<a href="javascript', "<h1>heading", "<li>list"):
+        assert tag not in html, tag
+    rows = [r for r in html.split("<tr>")[1:] if "<td>" in r]
+    assert all(r.count("<td>") == 2 for r in rows)  # a '|' never adds a cell
+    assert "a | b | c" in html or "|" not in text  # shown as written
+
+
+def test_library_card_escapes_names_and_tags():
+    from conceptlib.schemas.manifest import LibraryIndex
+
+    index = LibraryIndex.model_validate(
+        {"name": "lib", "concepts": [{"name": "x", "token": "<x>", "kind": "object",
+                                      "family": "sd1", "path": "concepts/x",
+                                      "tags": ["<b>bold</b>"], "tensor_sha256": "a" * 64,
+                                      "manifest_sha256": "b" * 64}]}
+    )  # fmt: skip
+    html = _html(split_front_matter(render_library_card(index, repo_id="a/b", families=["sd1"]))[1])
+    assert "<b>bold</b>" not in html and "&lt;b&gt;bold&lt;/b&gt;" in html
 
 
 def test_parse_card_tolerates_junk():

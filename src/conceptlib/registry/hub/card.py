@@ -148,15 +148,45 @@ def _metadata(m: ConceptManifest) -> dict[str, Any]:
     return meta
 
 
+#: ASCII punctuation CommonMark lets a backslash escape (spec 0.31, "Backslash escapes").
+_MD_PUNCTUATION = re.compile(r"([!\"#$%&'()*+,\-./:;<=>?@\[\\\]^_`{|}~])")
+
+
+def md_text(value: object) -> str:
+    """Untrusted text (a description, a base model from a sidecar, a name) as Markdown
+    that renders as exactly that text: every ASCII punctuation character is
+    backslash-escaped (CommonMark: an escaped character is a literal, so ``\\<`` opens
+    no HTML tag, ``\\&`` no entity, ``\\[`` no link, ``\\|`` no table cell), control
+    characters are dropped, and line breaks become Markdown hard breaks."""
+    lines = []
+    for line in str(value).replace("\r\n", "\n").split("\n"):
+        line = "".join(ch for ch in line if ch == "\t" or ord(ch) >= 32 and ord(ch) != 127)
+        lines.append(_MD_PUNCTUATION.sub(r"\\\1", line))
+    return "  \n".join(lines)
+
+
+def md_cell(value: object) -> str:
+    """:func:`md_text` for a table cell: one line."""
+    return md_text(" ".join(str(value).split()))
+
+
+def md_code(value: object) -> str:
+    """``value`` as an inline code span (fenced with more backticks than it holds)."""
+    text = " ".join(str(value).split())
+    fence = "`" * (max((len(r) for r in re.findall(r"`+", text)), default=0) + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
 def render_card(m: ConceptManifest, *, repo_id: str, invokeai: bool = False) -> str:
     """The ``README.md`` of a concept repo; ``invokeai``: the repo also holds
     ``learned_embeds.bin`` (``push --for invokeai``), which InvokeAI installs."""
     fam = str(m.family)
     negative = str(m.kind) == "negative"
     fname = m.embedding.path
-    lines = ["---", _yaml_dump(_metadata(m)).rstrip("\n"), "---", "", f"# {m.name}", ""]
-    if m.description:
-        lines += [m.description.strip(), ""]
+    lines = ["---", _yaml_dump(_metadata(m)).rstrip("\n"), "---", "", f"# {md_text(m.name)}", ""]
+    if m.description:  # the user's text, shown as text: never HTML or Markdown of its own
+        lines += [md_text(m.description.strip()), ""]
     kind_text = {"negative": "a negative embedding", "style": "a style", "object": "an object"}
     lines += [
         f"A textual-inversion embedding ({kind_text.get(str(m.kind), 'a concept')}) for "
@@ -164,19 +194,19 @@ def render_card(m: ConceptManifest, *, repo_id: str, invokeai: bool = False) -> 
         "",
         "| | |",
         "|---|---|",
-        f"| trigger token | `{m.token}` |",
+        f"| trigger token | {md_code(m.token)} |",
         f"| kind | {m.kind} |",
         f"| family | {fam} ({', '.join(str(d) for d in m.dims)}) |",
         f"| vectors | {m.num_vectors} |",
-        f"| base model | {m.base_model or 'not recorded'} |",
+        f"| base model | {md_cell(m.base_model) if m.base_model else 'not recorded'} |",
         f"| file | `{fname}` (SHA-256 `{m.embedding.sha256[:12]}`, AutoV2 "
         f"`{m.embedding.sha256[:10].upper()}`) |",
         f"| tensor hash | `{m.tensor_sha256[:16]}` |",
     ]
     if m.license:
-        lines.append(f"| license | {m.license} |")
+        lines.append(f"| license | {md_cell(m.license)} |")
     if m.tags:
-        lines.append(f"| tags | {', '.join(m.tags)} |")
+        lines.append(f"| tags | {md_cell(', '.join(m.tags))} |")
     lines += ["", "## Usage", "", "### diffusers", "", "```python"]
     pipe_cls = "StableDiffusionXLPipeline" if fam == "sdxl" else "StableDiffusionPipeline"
     tok = tokenizer_form(m.token)  # as the file is keyed: CLIP's tokenizer lower-cases prompts
@@ -249,9 +279,13 @@ def render_card(m: ConceptManifest, *, repo_id: str, invokeai: bool = False) -> 
     ]
     if m.previews:
         lines += ["## Previews", ""]
-        lines += [f"![{p.filename}]({p.path})" for p in m.previews if p.role == "preview"]
         lines += [
-            f"- [{p.filename}]({p.path}) ({p.role})" for p in m.previews if p.role != "preview"
+            f"![{md_text(p.filename)}](<{p.path}>)" for p in m.previews if p.role == "preview"
+        ]
+        lines += [
+            f"- [{md_text(p.filename)}](<{p.path}>) ({md_text(p.role)})"
+            for p in m.previews
+            if p.role != "preview"
         ]
         lines.append("")
     return "\n".join(lines)
@@ -282,8 +316,8 @@ def render_library_card(index: LibraryIndex, *, repo_id: str, families: list[str
     ]
     for c in index.concepts:
         lines.append(
-            f"| [{c.name}]({c.path}/concept.json) | `{c.token}` | {c.kind} | {c.family} | "
-            f"{', '.join(c.tags)} |"
+            f"| [{md_cell(c.name)}](<{c.path}/concept.json>) | {md_code(c.token)} | "
+            f"{md_cell(c.kind)} | {md_cell(c.family)} | {md_cell(', '.join(c.tags))} |"
         )
     lines.append("")
     return "\n".join(lines)
