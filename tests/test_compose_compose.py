@@ -149,6 +149,7 @@ def test_compose_end_to_end_on_tiny_sd1(catalog, sd1, tmp_path):
     )
     same = np.asarray(Image.open(again.images[0]))
     assert np.array_equal(same, np.asarray(Image.open(result.images[1])))
+    # in conceptlib's syntax a bare name is a word (A1111's syntax triggers it: issue 15)
     plain = compose(
         "a photo of cat-toy in ukiyoe style",
         negative="easynegative, blurry",
@@ -156,6 +157,7 @@ def test_compose_end_to_end_on_tiny_sd1(catalog, sd1, tmp_path):
         library=catalog,
         seed=8,
         out=tmp_path / "plain.png",
+        syntax="conceptlib",
         **FAST,
     )
     assert not np.array_equal(same, np.asarray(Image.open(plain.images[0])))
@@ -252,16 +254,22 @@ def test_dry_run_cli_imports_no_torch(catalog, tmp_path):
 
 
 def test_budget_is_checked_early_and_exactly(catalog, sd1, tmp_path, monkeypatch):
-    long_text = "a " * 70
+    """Issue 15: a prompt over 75 positions is chunked; only one over MAX_CHUNKS
+    chunks (a cap on untrusted input) is refused, early when the estimate shows it."""
+    from conceptlib.compose.chunks import MAX_CHUNKS
+
+    long_text = "a " * (75 * MAX_CHUNKS - 2)
     import conceptlib.models.base as base
 
     with monkeypatch.context() as m:
         m.setattr(base, "load_base", lambda *a, **k: pytest.fail("model loaded"))
         with pytest.raises(TokenBudgetExceeded) as err:
             compose(long_text + "<easynegative>", base="tiny-sd1", library=catalog, dry_run=True)
-        assert "at least 78" in err.value.message and "<easynegative> 8" in err.value.message
+        assert f"at least {MAX_CHUNKS + 1} chunks" in err.value.message
+        ok = compose("a " * 70 + "<easynegative>", base="tiny-sd1", library=catalog, dry_run=True)
+        assert ok.budgets[0].chunks == [70, 8]
     # words the tiny tokenizer splits: the estimate passes, the exact count does not
-    odd = "qzxv " * 30
+    odd = "qzxv " * (75 * MAX_CHUNKS // 2)
     with pytest.raises(TokenBudgetExceeded) as err:
         compose(odd + "<cat-toy>", base=sd1, library=catalog, out=tmp_path / "b.png", **FAST)
     assert "needs" in err.value.message and "at least" not in err.value.message
@@ -395,7 +403,7 @@ def test_cli_format(catalog, cli, fmt, expected):
         (["compose", "<cat-toy:1> <cat-toy:2>", "--dry-run"], 2, "two weights"),
         (["compose", "<golem>", "--base", "tiny-sd1", "--dry-run"], 3, "1024"),
         (["compose", "<cat-toy>", "--base", "tiny-sdxl", "--strict", "--dry-run"], 3, "--strict"),
-        (["compose", "a " * 70 + "<easynegative>", "--dry-run"], 3, "window holds 75"),
+        (["compose", "a " * 2500 + "<easynegative>", "--dry-run"], 3, "at most 32 are encoded"),
         (["compose", "<cat-toy>"], 2, "no base model"),
     ],
 )

@@ -58,6 +58,16 @@ UI_FORMATS = ["a1111", "comfyui", "invokeai", "diffusers"]
     "generating (e.g. --format invokeai writes <cat-toy@v1> as <cat-toy-v1>, the name "
     "export --for-prompt gives its file).",
 )
+@click.option(
+    "--syntax",
+    type=click.Choice(["auto", "conceptlib", "a1111", "comfyui", "invokeai"]),
+    default="auto",
+    show_default=True,
+    help="How the prompts are written: conceptlib (<name>, <name:0.8>), a1111 (bare names, "
+    "(word:1.2), [word], BREAK), comfyui (embedding:name, (embedding:name:1.2)), invokeai "
+    "(<name>, word++, (words)1.3); auto guesses each prompt's and --dry-run says which. "
+    'Example: --syntax a1111 --negative "ng_deepnegative_v1_75t, EasyNegative".',
+)
 @click.option("--overwrite", is_flag=True, help="Replace existing output files.")
 @json_option
 def compose_cmd(
@@ -75,13 +85,17 @@ def compose_cmd(
     strict: bool,
     dry_run: bool,
     fmt: str | None,
+    syntax: str,
     overwrite: bool,
     as_json: bool,
 ) -> None:
     """Generate images from a prompt that names embeddings as <name> or <name:weight>.
 
     Names resolve through the catalog (name, then trigger token). The weight scales
-    the vectors. Write \\< for a literal '<'. Each PNG carries A1111 infotext that
+    the vectors. Write \\< for a literal '<'. Prompts copied from A1111, ComfyUI or
+    InvokeAI are read in their own syntax (--syntax), where a weight is attention as
+    in that UI. Prompts of any length are encoded in 75-position chunks as A1111 does
+    (a break at a late comma; BREAK starts a chunk). Each PNG carries A1111 infotext that
     A1111 and Civitai read as meant: the prompts in A1111's syntax ((name:0.8), bare
     names), seed, Model hash (single-file checkpoints only: the file's SHA-256, hashed
     once and cached), TI hashes (the embeddings A1111 applies) and our fingerprint;
@@ -94,12 +108,14 @@ def compose_cmd(
       conceptlib compose "a <cat-toy>" --base tiny-sd1 --steps 4 -n 2
       conceptlib compose "a <cat-toy>" --base ./sdxl --dry-run
       conceptlib compose "a <cat-toy:1.2>" --format comfyui
+      conceptlib compose "(masterpiece:1.2), a cat-toy" --syntax a1111 --base tiny-sd1 \\
+          --negative "ng_deepnegative_v1_75t, EasyNegative"
     """
     with open_library() as lib:
         if fmt is not None:
             from conceptlib.compose.compose import format_prompts
 
-            rendered = format_prompts(lib, prompt, negative, fmt, base=base)
+            rendered = format_prompts(lib, prompt, negative, fmt, base=base, syntax=syntax)
             if as_json:
                 print_json(rendered.to_dict())
                 return
@@ -133,6 +149,7 @@ def compose_cmd(
                 device=device,
                 overwrite=overwrite,
                 hash_progress=hashing,
+                syntax=syntax,
             )
         finally:
             hashing.close()
@@ -177,6 +194,8 @@ def _render_compose(result: Any) -> None:
     if result.base:
         fam = result.base_family or "family unknown until loaded"
         out.print(f"[bold]base[/bold]      {_esc(result.base)} ({fam})", soft_wrap=True)
+    for which, syntax in result.syntax.items():
+        out.print(f"[bold]syntax[/bold]    {which}: {_esc(syntax)}", soft_wrap=True)
     for b in result.budgets:
         out.print(f"[bold]tokens[/bold]    {b.which}: {_esc(b.summary())}", soft_wrap=True)
     if result.embeddings:

@@ -1,4 +1,4 @@
-"""The 75-token budget of CLIP's prompt window, counted in vectors.
+"""The 75-token budget of CLIP's prompt window, counted in vectors, and the chunks.
 
 CLIP reads 77 positions: a start token, 75 for the prompt, an end token. Each
 vector of a multi-vector embedding takes one position, so ``<x>`` with 8 vectors
@@ -6,6 +6,11 @@ uses 8, and naming it twice uses 16. The ordinary text is counted with the model
 tokenizer when one is at hand; before a model is loaded (``--dry-run``, early
 checks) it is estimated from CLIP's pre-tokenization, which never over-counts: each
 word, digit or punctuation run is at least one token.
+
+A prompt longer than one window is cut into 75-position chunks
+(:mod:`conceptlib.compose.chunks`, A1111's rules); the report lists the chunks, and
+:func:`check_chunks` refuses only a prompt over :data:`~conceptlib.compose.chunks.MAX_CHUNKS`
+chunks. :func:`check_budget` still says whether a prompt fits one window.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from conceptlib.compose.chunks import MAX_CHUNKS, ChunkPlan, plan_chunks
 from conceptlib.compose.prompt import format_weight
 from conceptlib.compose.resolve import ResolvedPrompt
 from conceptlib.errors import TokenBudgetExceeded
@@ -44,6 +50,8 @@ class BudgetReport:
     items: list[BudgetItem] = field(default_factory=list)
     limit: int = WINDOW
     exact: bool = True
+    #: Positions used in each 75-position chunk (see :mod:`conceptlib.compose.chunks`).
+    chunks: list[int] = field(default_factory=list)
 
     @property
     def used(self) -> int:
@@ -64,7 +72,11 @@ class BudgetReport:
             else:
                 parts.append(f"{i.label} {i.count}")
         approx = "" if self.exact else "at least "
-        return f"{' + '.join(parts) or 'nothing'} = {approx}{self.used} of {self.limit}"
+        line = f"{' + '.join(parts) or 'nothing'} = {approx}{self.used}"
+        if len(self.chunks) <= 1:
+            return f"{line} of {self.limit}"
+        sizes = " + ".join(str(n) for n in self.chunks)
+        return f"{line} in {len(self.chunks)} chunks of {self.limit} ({sizes})"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -72,6 +84,7 @@ class BudgetReport:
             "used": self.used,
             "limit": self.limit,
             "exact": self.exact,
+            "chunks": self.chunks,
             "items": [asdict(i) for i in self.items],
         }
 
@@ -94,10 +107,22 @@ def window_of(tokenizer: Any | None) -> int:
     return WINDOW
 
 
-def count_budget(resolved: ResolvedPrompt, tokenizer: Any | None = None) -> BudgetReport:
-    """Count what ``resolved`` uses of the window (text and every embedding vector)."""
+def count_budget(
+    resolved: ResolvedPrompt, tokenizer: Any | None = None, plan: ChunkPlan | None = None
+) -> BudgetReport:
+    """Count what ``resolved`` uses of the window (text and every embedding vector), and
+    the positions of each chunk (``plan``, else cut here with ``tokenizer``)."""
     n_text, exact = text_tokens(resolved.parsed.literal_text, tokenizer)
     report = BudgetReport(which=resolved.which, limit=window_of(tokenizer), exact=exact)
+    if plan is None:
+        infos = {id(r.ref): r.info for r in resolved.refs}
+        plan = plan_chunks(
+            resolved.parsed,
+            lambda ref: [f"<v{i}>" for i in range(infos[id(ref)].num_vectors)],
+            tokenizer,
+            window=report.limit,
+        )
+    report.chunks = plan.sizes
     report.items.append(BudgetItem(label="text", count=n_text, kind="text"))
     by_entry: dict[str, BudgetItem] = {}
     for r in resolved.refs:
@@ -135,5 +160,25 @@ def check_budget(report: BudgetReport) -> BudgetReport:
         used=report.used,
         limit=report.limit,
         exact=report.exact,
+        items=[asdict(i) for i in report.items],
+    )
+
+
+def check_chunks(report: BudgetReport) -> BudgetReport:
+    """Raise :class:`TokenBudgetExceeded` if the prompt needs more than
+    :data:`~conceptlib.compose.chunks.MAX_CHUNKS` chunks (a cap on untrusted input; the
+    UIs have none, but no real prompt comes near it)."""
+    if len(report.chunks) <= MAX_CHUNKS:
+        return report
+    approx = "at least " if not report.exact else ""
+    raise TokenBudgetExceeded(
+        f"the {report.which} needs {approx}{len(report.chunks)} chunks of {report.limit} "
+        f"positions; at most {MAX_CHUNKS} are encoded",
+        hint="shorten the prompt",
+        which=report.which,
+        used=report.used,
+        limit=report.limit * MAX_CHUNKS,
+        exact=report.exact,
+        chunks=report.chunks,
         items=[asdict(i) for i in report.items],
     )

@@ -30,14 +30,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from conceptlib.compose.budget import BudgetReport, check_budget, count_budget
+from conceptlib.compose.budget import BudgetReport, check_chunks, count_budget
 from conceptlib.compose.loader import check_compatibility, partial_note
-from conceptlib.compose.prompt import EmbeddingRef, format_weight, parse_prompt
+from conceptlib.compose.prompt import EmbeddingRef, ParsedPrompt, format_weight
 from conceptlib.compose.resolve import ResolvedPrompt, resolve_prompt
 from conceptlib.compose.ui.a1111 import infotext
 from conceptlib.compose.ui.a1111 import parse_infotext as parse_infotext
 from conceptlib.errors import BaseModelError, ConceptlibError, UsageError
 from conceptlib.schemas.enums import FAMILY_SLOTS, SLOT_WIDTH, WIDTH_SLOT, Family
+from conceptlib.schemas.names import name_key
 
 if TYPE_CHECKING:
     from conceptlib.models.base import BaseModel
@@ -138,10 +139,13 @@ class ComposeResult:
     a1111_prompt: str | None = None
     a1111_negative: str | None = None
     model_hash: str | None = None
+    #: The syntax each prompt was read in (``{"prompt": "a1111", ...}``).
+    syntax: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "dry_run": self.dry_run,
+            "syntax": self.syntax,
             "prompt": self.prompt,
             "negative": self.negative,
             "a1111_prompt": self.a1111_prompt,
@@ -318,6 +322,7 @@ def compose(
     device: str | None = None,
     overwrite: bool = False,
     hash_progress: Callable[[int, int], None] | None = None,
+    syntax: str = "auto",
 ) -> ComposeResult:
     """Generate ``n`` images of ``prompt`` with the embeddings it names.
 
@@ -329,8 +334,11 @@ def compose(
     holds the prompts in conceptlib's syntax (JSON).
 
     Args:
-        prompt: text with ``<name>`` / ``<name:0.8>`` references.
-        negative: the negative prompt (same syntax).
+        prompt: text with ``<name>`` / ``<name:0.8>`` references, or a prompt in
+            A1111's, ComfyUI's or InvokeAI's syntax (see ``syntax``). Any length: a
+            prompt over 75 positions is encoded in 75-position chunks
+            (:mod:`conceptlib.compose.chunks`, :mod:`conceptlib.compose.encode`).
+        negative: the negative prompt (read the same way).
         base: a base-model reference for :func:`conceptlib.models.base.load_base`
             (``tiny-sd1``, a diffusers folder, a ``.safetensors`` file, a cached repo id)
             or an already loaded ``BaseModel``. May be ``None`` only with ``dry_run``.
@@ -349,20 +357,22 @@ def compose(
         hash_progress: ``(done_bytes, total_bytes)`` while a single-file base is hashed
             for ``Model hash`` (once per file: the hash is cached in the settings' cache
             dir, see :mod:`conceptlib.models.checkpoint_hash`).
+        syntax: ``auto`` (each prompt's syntax guessed by
+            :func:`conceptlib.compose.ui.detect_syntax`; ``result.syntax`` says which),
+            ``conceptlib``, ``a1111``, ``comfyui`` or ``invokeai``.
 
     Raises:
         PromptSyntaxError, InvalidWeight: a malformed prompt (with its column).
         UnknownEmbedding: a name the catalog lacks (with close matches).
         ConflictingWeights: one prompt names an embedding with two weights.
         IncompatibleEmbedding, PartialCompatibility: families that do not fit.
-        TokenBudgetExceeded: a prompt over CLIP's 75-token window (with what used it).
+        TokenBudgetExceeded: a prompt over ``MAX_CHUNKS`` chunks of 75 positions.
         DeviceUnavailable: a device this machine cannot use (a ``UsageError``, exit 2).
         BaseModelError: a base model that cannot be loaded.
         UsageError: bad numbers, or output files that exist without ``overwrite``.
     """
     _validate_numbers(steps, guidance, n, width, height)
-    parsed = parse_prompt(prompt, which="prompt")
-    parsed_neg = parse_prompt(negative, which="negative prompt") if negative is not None else None
+    parsed, parsed_neg = read_prompts(library, prompt, negative, syntax)
     resolved = resolve_prompt(library, parsed)
     resolved_neg = resolve_prompt(library, parsed_neg) if parsed_neg is not None else None
     prompts = [r for r in (resolved, resolved_neg) if r is not None]
@@ -373,7 +383,7 @@ def compose(
     warnings_out: list[str] = []
     levels = _check_families(prompts, family, strict, warnings_out)
 
-    budgets = [check_budget(count_budget(r)) for r in prompts]
+    budgets = [check_chunks(count_budget(r)) for r in prompts]
     pairs = _pairs(prompts)
     literal = [p.parsed.literal_text for p in prompts]
     placeholders = assign_placeholders(pairs, literal_texts=literal)
@@ -390,6 +400,7 @@ def compose(
         base_family=family.value if family else None,
         steps=steps,
         guidance=guidance,
+        syntax={p.which: p.parsed.syntax for p in prompts},
     )
     _set_expanded(result, resolved, resolved_neg, placeholders)
     _set_a1111(result, resolved, resolved_neg)
@@ -429,6 +440,33 @@ def compose(
         height=height,
         strict=strict,
     )
+
+
+def read_prompts(
+    library: Library, prompt: str, negative: str | None, syntax: str = "auto"
+) -> tuple[ParsedPrompt, ParsedPrompt | None]:
+    """Read ``prompt`` and ``negative`` in ``syntax`` (``auto``: each guessed on its own,
+    so a conceptlib prompt can go with an A1111 negative); bare words are embedding
+    names when the catalog has an entry of that name (A1111's rule)."""
+    from conceptlib.compose.ui import read_prompt
+
+    keys: set[str] = set()
+    for info in library.list():
+        keys.add(name_key(info.name))
+
+    def is_name(word: str) -> bool:
+        try:
+            return name_key(word) in keys
+        except Exception:
+            return False
+
+    parsed = read_prompt(prompt, syntax, which="prompt", names=is_name)
+    parsed_neg = (
+        read_prompt(negative, syntax, which="negative prompt", names=is_name)
+        if negative is not None
+        else None
+    )
+    return parsed, parsed_neg
 
 
 def _pairs(prompts: Sequence[ResolvedPrompt]) -> list[tuple[EmbeddingInfo, float]]:
@@ -595,7 +633,6 @@ def _generate(
     import warnings
 
     import torch
-    from diffusers.loaders import TextualInversionLoaderMixin
 
     from conceptlib.compose.loader import LoadItem, load_embeddings, pipeline_encoders
 
@@ -603,7 +640,7 @@ def _generate(
     specs = pipeline_encoders(pipe)
     tokenizer = specs[0].tokenizer
     prompts = [r for r in (resolved, resolved_neg) if r is not None]
-    result.budgets = [check_budget(count_budget(r, tokenizer)) for r in prompts]
+    result.budgets = [check_chunks(count_budget(r, tokenizer)) for r in prompts]
 
     vocabs = [spec.tokenizer.get_vocab() for spec in specs]
 
@@ -628,7 +665,6 @@ def _generate(
         )
         for info, weight in pairs
     ]
-    self_expanding = isinstance(pipe, TextualInversionLoaderMixin)
     first = int(seed) if seed is not None else secrets.randbelow(2**32)
     seeds = [(first + i) % 2**32 for i in range(n)]
     native = bm.native_resolution
@@ -641,20 +677,14 @@ def _generate(
     with quiet_libraries(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with load_embeddings(pipe, items, strict=strict) as loaded:
-            text = _pipeline_text(resolved, placeholders, expand=not self_expanding)
-            neg = (
-                _pipeline_text(resolved_neg, placeholders, expand=not self_expanding)
-                if resolved_neg is not None
-                else None
-            )
+            conditioning = _conditioning(pipe, specs, loaded, resolved, resolved_neg, placeholders)
             images = []
             for start in range(0, n, BATCH):
                 batch = seeds[start : start + BATCH]
                 generators = [torch.Generator(device="cpu").manual_seed(s) for s in batch]
                 with torch.inference_mode():
                     images += pipe(
-                        prompt=text,
-                        negative_prompt=neg,
+                        **conditioning,
                         num_inference_steps=result.steps,
                         guidance_scale=result.guidance,
                         num_images_per_prompt=len(batch),
@@ -673,6 +703,40 @@ def _generate(
         result.images.append(path)
         result.infotexts.append(info_text)
     return result
+
+
+def _conditioning(
+    pipe: Any,
+    specs: Any,
+    loaded: Any,
+    resolved: ResolvedPrompt,
+    resolved_neg: ResolvedPrompt | None,
+    placeholders: dict[tuple[str, float], list[str]],
+) -> dict[str, Any]:
+    """The pipeline's ``prompt_embeds`` (and negative, pooled): each prompt cut into
+    chunks with the model's tokenizer and encoded chunk by chunk."""
+    from conceptlib.compose.chunks import plan_chunks
+    from conceptlib.compose.encode import WEIGHTING, pipeline_kwargs
+
+    def plan(r: ResolvedPrompt) -> Any:
+        infos = {id(x.ref): x.info for x in r.refs}
+
+        def vectors(ref: EmbeddingRef) -> list[str]:
+            key = (infos[id(ref)].tensor_sha256, ref.effective_weight)
+            return loaded.tokens[placeholders[key][0]]
+
+        return plan_chunks(r.parsed, vectors, specs[0].tokenizer)
+
+    neg_plan = plan(resolved_neg) if resolved_neg is not None else None
+    zero = bool(getattr(getattr(pipe, "config", None), "force_zeros_for_empty_prompt", False))
+    return pipeline_kwargs(
+        specs,
+        plan(resolved),
+        neg_plan,
+        weighting=WEIGHTING[resolved.parsed.syntax],
+        negative_weighting=WEIGHTING[resolved_neg.parsed.syntax] if resolved_neg else "a1111",
+        zero_negative=zero and len(specs) > 1,
+    )
 
 
 #: Our fingerprint's field in the infotext (A1111 keeps fields it does not know).
@@ -776,6 +840,7 @@ def format_prompts(
     fmt: str,
     *,
     base: str | os.PathLike[str] | None = None,
+    syntax: str = "auto",
 ) -> Any:
     """``prompt`` (and ``negative``) in UI ``fmt``'s syntax, as a
     :class:`~conceptlib.compose.formats.RenderedPrompt`.
@@ -792,11 +857,8 @@ def format_prompts(
     """
     from conceptlib.compose.formats import render_prompts
 
-    resolved = resolve_prompt(library, parse_prompt(prompt, which="prompt"))
-    resolved_neg = (
-        resolve_prompt(library, parse_prompt(negative, which="negative prompt"))
-        if negative is not None
-        else None
-    )
+    parsed, parsed_neg = read_prompts(library, prompt, negative, syntax)
+    resolved = resolve_prompt(library, parsed)
+    resolved_neg = resolve_prompt(library, parsed_neg) if parsed_neg is not None else None
     family = peek_family(base) if base is not None else None
     return render_prompts(resolved, resolved_neg, fmt, library=library, family=family)

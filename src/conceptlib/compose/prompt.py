@@ -11,6 +11,10 @@ Rules:
   kept as typed, so A1111 escapes such as ``\\(`` pass through unchanged.
 * Anything else that starts with ``<`` must be a complete reference; errors say the
   1-based column where the problem starts.
+* ``BREAK`` (upper case, a word of its own) starts a new 75-position chunk, as in A1111.
+
+This is conceptlib's own syntax. The prompts of A1111, ComfyUI and InvokeAI are read
+by the readers under :mod:`conceptlib.compose.ui` into the same :class:`ParsedPrompt`.
 
 Nothing here imports torch or touches the catalog.
 """
@@ -70,6 +74,19 @@ class ParsedPrompt:
     source: str
     parts: tuple[str | EmbeddingRef, ...]
     which: str = "prompt"
+    #: Attention per part (aligned with ``parts``; empty: all 1.0). Set by the A1111,
+    #: ComfyUI and InvokeAI readers (:mod:`conceptlib.compose.ui`); see :attr:`syntax`
+    #: for how it is applied.
+    attention: tuple[float, ...] = ()
+    #: ``BREAK`` positions: a new 75-position chunk starts before ``parts[i]``
+    #: (``i == len(parts)``: after the last part). May repeat (an empty chunk).
+    breaks: tuple[int, ...] = ()
+    #: The syntax it was read in: ``conceptlib``, ``a1111``, ``comfyui``, ``invokeai``.
+    syntax: str = "conceptlib"
+
+    def attention_of(self, index: int) -> float:
+        """The attention weight of ``parts[index]`` (1.0 when none was set)."""
+        return self.attention[index] if self.attention else 1.0
 
     @property
     def refs(self) -> list[EmbeddingRef]:
@@ -132,7 +149,58 @@ def parse_prompt(prompt: str, *, which: str = "prompt") -> ParsedPrompt:
         parts.append(_parse_ref(prompt, i, close, which))
         i = close + 1
     flush()
-    return ParsedPrompt(source=prompt, parts=tuple(parts), which=which)
+    return with_breaks(prompt, [(p, 1.0) for p in parts], which=which, syntax="conceptlib")
+
+
+#: A1111's ``BREAK``: upper case, standing alone (``modules/prompt_parser.py`` splits
+#: on ``\s*\bBREAK\b\s*``); every syntax here reads it the same way.
+BREAK_WORD = re.compile(r"\s*\bBREAK\b\s*")
+
+
+def with_breaks(
+    source: str,
+    pieces: list[tuple[str | EmbeddingRef, float]],
+    *,
+    which: str,
+    syntax: str,
+) -> ParsedPrompt:
+    """A :class:`ParsedPrompt` from (part, attention) pairs, with each standalone
+    ``BREAK`` in the text taken out and recorded as a chunk break; adjacent text runs
+    of equal attention are merged."""
+    parts: list[str | EmbeddingRef] = []
+    attention: list[float] = []
+    breaks: list[int] = []
+
+    def add_text(text: str, weight: float) -> None:
+        if not text:
+            return
+        if parts and isinstance(parts[-1], str) and attention[-1] == weight:
+            last = len(parts) - 1
+            if last not in breaks and len(parts) not in breaks:
+                parts[-1] = parts[-1] + text
+                return
+        parts.append(text)
+        attention.append(weight)
+
+    for part, weight in pieces:
+        if isinstance(part, EmbeddingRef):
+            parts.append(part)
+            attention.append(weight)
+            continue
+        chunks = BREAK_WORD.split(part)
+        for k, text in enumerate(chunks):
+            if k:
+                breaks.append(len(parts))
+            add_text(text, weight)
+    plain = all(w == 1.0 for w in attention)
+    return ParsedPrompt(
+        source=source,
+        parts=tuple(parts),
+        which=which,
+        attention=() if plain else tuple(attention),
+        breaks=tuple(breaks),
+        syntax=syntax,
+    )
 
 
 def _error(

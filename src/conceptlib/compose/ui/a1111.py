@@ -23,10 +23,13 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from conceptlib.compose.ui.syntax import Piece, clip_runs_join, plain_number
+
+if TYPE_CHECKING:
+    from conceptlib.compose.prompt import ParsedPrompt
 
 LABEL = "A1111"
 #: What A1111 does with an SD 1.x embedding in a prompt for an SDXL model.
@@ -149,3 +152,110 @@ def parse_infotext(text: str) -> dict[str, Any]:
         "negative": "\n".join(neg_lines) if neg_lines is not None else None,
         "params": params,
     }
+
+
+# --------------------------------------------------------------------------- reading
+
+# Syntaxes A1111 has that compose does not: extra networks, prompt editing and
+# alternation, composable diffusion.
+_EXTRA_NETWORK = re.compile(r"<\s*([A-Za-z_][\w-]*)\s*:[^<>]*>")
+_SCHEDULE = re.compile(r"(?<!\\)\[(?:[^\[\]\\]|\\.)*?(?<!\\)([:|])(?:[^\[\]\\]|\\.)*?(?<!\\)\]")
+_AND = re.compile(r"\bAND\b")
+# A word that may be an embedding's name: A1111 matches an embedding's tokens anywhere
+# in the prompt; we match whole words (names hold no spaces or commas).
+_WORD = re.compile(r"[^\s,;|]+")
+_TRAILING = ".!?:;'\""
+
+
+def read_prompt(
+    prompt: str, *, which: str = "prompt", names: Callable[[str], bool] | None = None
+) -> ParsedPrompt:
+    """Read an A1111 / Forge / SD.Next prompt (``modules/prompt_parser.py``).
+
+    ``(x)`` weighs x1.1, ``((x))`` x1.21, ``(x:1.3)`` x1.3, ``[x]`` /1.1; ``\\(`` and
+    ``\\)`` are literal; ``BREAK`` starts a new chunk. An embedding is named bare, by
+    its file name: every word for which ``names(word)`` is true (a trailing ``.`` ``!``
+    ``?`` ``:`` ``;`` or quote aside) becomes a reference, weighted by the attention
+    around it. Attention is applied the A1111 way when encoding
+    (:mod:`conceptlib.compose.encode`).
+
+    Raises:
+        PromptSyntaxError: ``<lora:...>`` and other extra networks, ``[a:b:0.5]``
+            prompt editing, ``[a|b]`` alternation, ``AND``, or a weight that is not a
+            number (``(x:1.2.3)``); the message gives the column.
+    """
+    from conceptlib.compose.ui.reading import build, refuse
+    from conceptlib.compose.ui.syntax import attention_runs
+
+    m = _EXTRA_NETWORK.search(prompt)
+    if m:
+        raise refuse(
+            prompt,
+            m.start(),
+            which,
+            f"{_short(m.group(0))} is an A1111 extra network ({m.group(1)}: a LoRA, "
+            "LyCORIS or hypernetwork), not an embedding; compose applies embeddings only",
+            "remove it from the prompt (apply the LoRA in A1111 itself)",
+        )
+    m = _SCHEDULE.search(_mask_groups(prompt))
+    if m:
+        kind = "prompt editing [from:to:when]" if m.group(1) == ":" else "alternation [a|b]"
+        raise refuse(
+            prompt,
+            m.start(),
+            which,
+            f"{_short(m.group(0))} is A1111 {kind}, which changes the prompt during "
+            "sampling; compose encodes one prompt for all steps",
+            "keep the words you want; write \\[ for a literal '['",
+        )
+    m = _AND.search(prompt)
+    if m:
+        raise refuse(
+            prompt,
+            m.start(),
+            which,
+            "AND is A1111 composable diffusion (several prompts at once); compose "
+            "encodes one prompt",
+            "write 'and' in lower case for the word, or compose the prompts separately",
+        )
+    try:
+        runs = attention_runs(prompt)
+    except ValueError:
+        bad = re.search(r":\s*[+-]?[.\d]+\s*\)", prompt)
+        raise refuse(
+            prompt,
+            bad.start() if bad else 0,
+            which,
+            f"the weight in {_short(bad.group(0) if bad else prompt)} is not a number",
+            "weights are decimal numbers such as 0.8 or 1.2: (word:1.2)",
+        ) from None
+
+    def finder(text: str) -> list[tuple[int, int, str]]:
+        spans = []
+        if names is None:
+            return spans
+        for w in _WORD.finditer(text):
+            word = w.group(0)
+            for cand in (word, word.rstrip(_TRAILING)):
+                if cand and names(cand):
+                    spans.append((w.start(), w.start() + len(cand), cand))
+                    break
+        return spans
+
+    return build(prompt, runs, finder, which=which, syntax="a1111")
+
+
+def _mask_groups(prompt: str) -> str:
+    """``prompt`` with every ``(...)`` group blanked (same length), so that the colon of
+    ``[(x:1.5)]`` is not read as prompt editing."""
+    masked, prev = prompt, None
+    while masked != prev:
+        prev = masked
+        masked = re.sub(
+            r"(?<!\\)\((?:[^()]|\\[()])*(?<!\\)\)", lambda g: " " * len(g.group(0)), masked
+        )
+    return masked
+
+
+def _short(text: str, n: int = 40) -> str:
+    return repr(text if len(text) <= n else text[: n - 3] + "...")

@@ -21,7 +21,14 @@ Rules read off its public source (``comfy/sd1_clip.py``: ``SDTokenizer.tokenize_
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
 from conceptlib.compose.ui.syntax import Piece, plain_number
+
+if TYPE_CHECKING:
+    from conceptlib.compose.prompt import ParsedPrompt
 
 LABEL = "ComfyUI"
 SD1_ON_SDXL = "first encoder"
@@ -59,3 +66,58 @@ def needs_space(left: Piece, right: Piece) -> bool:
     if left.ref and not left.weighted:
         return right.text[0] != ","
     return False
+
+
+# --------------------------------------------------------------------------- reading
+
+# ``embedding:NAME`` as a word of its own (after the start, a space or a parenthesis).
+_EMBEDDING = re.compile(r"(?:(?<=[\s(])|^)embedding:(\S*)")
+_EXTENSIONS = (".safetensors", ".pt", ".bin")
+
+
+def read_prompt(
+    prompt: str, *, which: str = "prompt", names: Callable[[str], bool] | None = None
+) -> ParsedPrompt:
+    """Read a ComfyUI prompt (``comfy/sd1_clip.py``: ``token_weights``,
+    ``tokenize_with_weights``).
+
+    ``(x)`` weighs x1.1, ``(x:1.2)`` x1.2 (nesting multiplies), ``\\(`` ``\\)`` are
+    literal; square brackets are plain text. ``embedding:NAME``, ``embedding:NAME.pt``
+    (``.safetensors``, ``.bin``: the extension is dropped unless ``names`` knows the
+    name with it) and ``(embedding:NAME:1.2)`` name an embedding; trailing commas are
+    not part of the name. Weights are applied the ComfyUI way when encoding
+    (:mod:`conceptlib.compose.encode`).
+
+    Raises:
+        PromptSyntaxError: ``embedding:`` with no name, or a weight that is not a number.
+    """
+    from conceptlib.compose.ui.reading import build, refuse
+    from conceptlib.compose.ui.syntax import attention_runs
+
+    try:
+        runs = attention_runs(prompt, square=False)
+    except ValueError:
+        raise refuse(prompt, 0, which, "a weight is not a number", "write (word:1.2)") from None
+
+    def finder(text: str) -> list[tuple[int, int, str]]:
+        spans = []
+        for m in _EMBEDDING.finditer(text):
+            raw = m.group(1).rstrip(",")
+            if not raw:
+                raise refuse(
+                    prompt,
+                    max(prompt.find("embedding:"), 0),
+                    which,
+                    "'embedding:' names no embedding",
+                    "write embedding:NAME",
+                )
+            name = raw
+            low = raw.lower()
+            for ext in _EXTENSIONS:
+                if low.endswith(ext) and len(raw) > len(ext) and not (names and names(raw)):
+                    name = raw[: -len(ext)]
+                    break
+            spans.append((m.start(), m.start(1) + len(raw), name))
+        return spans
+
+    return build(prompt, runs, finder, which=which, syntax="comfyui")

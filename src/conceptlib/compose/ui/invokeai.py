@@ -18,7 +18,14 @@ Rules read off its public source (``invokeai/app/util/ti_utils.py``:
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
 from conceptlib.compose.ui.syntax import Piece, plain_number
+
+if TYPE_CHECKING:
+    from conceptlib.compose.prompt import ParsedPrompt
 from conceptlib.schemas.names import INVOKEAI_TRIGGER, invokeai_name
 
 LABEL = "InvokeAI"
@@ -60,3 +67,83 @@ def needs_space(left: Piece, right: Piece) -> bool:
     """``<trig>`` is found anywhere; only a weighted ``(<trig>)0.8`` must not run into a
     digit, ``.``, ``+`` or ``-`` that would read as more of its weight."""
     return left.weighted and right.text[0] in "0123456789.+-"
+
+
+# --------------------------------------------------------------------------- reading
+
+# compel's tokens as we read them: escapes, a <trigger>, "(", ")" with its weight
+# (a number, +'s or -'s), words, spaces.
+_COMPEL = re.compile(
+    r"\\[()\\]|<[^<>\n]+>|\(|\)(?:[+-]?(?:\d+(?:\.\d*)?|\.\d+)|\++|-+)?|[^\\()<\s]+|\s+|[\\<]"
+)
+_SUFFIX = re.compile(r"(\++|-+)$")
+_TRIGGER = re.compile(r"<([a-zA-Z0-9., _-]+)>")
+_UNSUPPORTED = re.compile(r"\)\s*\.(and|blend)\s*\(|withLora\(|\.swap\(")
+
+
+def _factor(suffix: str) -> float:
+    if not suffix:
+        return 1.0
+    if set(suffix) == {"+"}:
+        return 1.1 ** len(suffix)
+    if set(suffix) == {"-"}:
+        return 0.9 ** len(suffix)
+    return float(suffix)
+
+
+def read_prompt(
+    prompt: str, *, which: str = "prompt", names: Callable[[str], bool] | None = None
+) -> ParsedPrompt:
+    """Read an InvokeAI prompt (compel syntax).
+
+    ``word+`` x1.1 per ``+``, ``word-`` x0.9 per ``-``, ``(words)1.3`` x1.3,
+    ``(words)++`` x1.21, ``(words)`` groups only (x1); nesting multiplies; ``\\(``
+    ``\\)`` are literal. ``<NAME>`` (InvokeAI's trigger pattern, ``<[a-zA-Z0-9., _-]+>``)
+    names an embedding. ``names`` is not needed (triggers are bracketed).
+
+    Raises:
+        PromptSyntaxError: compel's ``.and()``, ``.blend()``, ``.swap()`` and
+            ``withLora()``, which compose does not do.
+    """
+    from conceptlib.compose.ui.reading import build, refuse
+
+    m = _UNSUPPORTED.search(prompt)
+    if m:
+        raise refuse(
+            prompt,
+            m.start(),
+            which,
+            f"{m.group(0)!r} is compel's conjunction, blend, swap or LoRA syntax; compose "
+            "encodes one prompt with embeddings only",
+            "keep the words you want, weighted as (words)1.2",
+        )
+    runs: list[list[Any]] = []
+    opens: list[int] = []
+    for tok in _COMPEL.findall(prompt):
+        if tok.startswith("\\") and len(tok) == 2:
+            runs.append([tok[1], 1.0])
+        elif tok == "(":
+            opens.append(len(runs))
+        elif tok.startswith(")") and opens:
+            start = opens.pop()
+            for run in runs[start:]:
+                run[1] *= _factor(tok[1:])
+        elif tok.strip("+-") == "" and len(tok) > 0 and runs and not runs[-1][0][-1:].isspace():
+            runs[-1][1] *= _factor(tok)
+        else:
+            suffix = _SUFFIX.search(tok) if not tok.startswith("<") else None
+            if suffix and suffix.start() > 0 and tok[suffix.start() - 1].isalnum():
+                runs.append([tok[: suffix.start()], _factor(suffix.group(1))])
+            else:
+                runs.append([tok, 1.0])
+    merged: list[tuple[str, float]] = []
+    for text, w in runs:
+        if merged and merged[-1][1] == w:
+            merged[-1] = (merged[-1][0] + text, w)
+        else:
+            merged.append((text, w))
+
+    def finder(text: str) -> list[tuple[int, int, str]]:
+        return [(t.start(), t.end(), t.group(1).strip()) for t in _TRIGGER.finditer(text)]
+
+    return build(prompt, merged, finder, which=which, syntax="invokeai")

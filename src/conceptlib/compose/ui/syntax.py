@@ -9,9 +9,11 @@ says when, in its ``needs_space``).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -93,3 +95,56 @@ def clip_runs_join(left: str, right: str) -> bool:
     if a == "'" and cb == "letter":
         return True
     return ca == cb
+
+
+# --------------------------------------------------------------------------- reading
+
+# A1111's attention tokens (``modules/prompt_parser.py``, ``re_attention``), as we read
+# them: escapes, brackets, ``:w)`` closing a weighted group, text, a lone colon.
+_ATTENTION = re.compile(r"\\[()\[\]\\]|\\|\(|\[|:\s*([+-]?[.\d]+)\s*\)|\)|\]|[^\\()\[\]:]+|:")
+
+
+def attention_runs(text: str, *, square: bool = True, up: float = 1.1) -> list[tuple[str, float]]:
+    """``text`` as (run, weight) pairs under A1111's emphasis rules: ``(x)`` x1.1,
+    ``(x:1.3)`` x1.3, ``[x]`` /1.1 (only when ``square``), nesting multiplies, an
+    unclosed bracket weighs to the end, ``\\(`` ``\\)`` ``\\[`` ``\\]`` ``\\\\`` are
+    literal. Adjacent runs of equal weight are merged.
+
+    Raises:
+        ValueError: a ``:w)`` whose ``w`` is not a number (``(x:1.2.3)``).
+    """
+    runs: list[list[Any]] = []
+    rounds: list[int] = []
+    squares: list[int] = []
+
+    def scale(start: int, factor: float) -> None:
+        for run in runs[start:]:
+            run[1] *= factor
+
+    for m in _ATTENTION.finditer(text):
+        tok, weight = m.group(0), m.group(1)
+        if tok.startswith("\\") and len(tok) == 2:
+            runs.append([tok[1], 1.0])
+        elif tok == "(":
+            rounds.append(len(runs))
+        elif tok == "[" and square:
+            squares.append(len(runs))
+        elif weight is not None and rounds:
+            scale(rounds.pop(), float(weight))
+        elif tok == ")" and rounds:
+            scale(rounds.pop(), up)
+        elif tok == "]" and square and squares:
+            scale(squares.pop(), 1 / up)
+        else:
+            runs.append([tok, 1.0])
+    for start in rounds:
+        scale(start, up)
+    for start in squares:
+        scale(start, 1 / up)
+    merged: list[tuple[str, float]] = []
+    for run_text, w in runs:
+        if merged and merged[-1][1] == w:
+            merged[-1] = (merged[-1][0] + run_text, w)
+        else:
+            merged.append((run_text, w))
+    return merged
