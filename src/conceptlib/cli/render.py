@@ -98,6 +98,7 @@ def detail_panel(e: EmbeddingInfo, store_path_of=None):  # noqa: ANN001, ANN201
     row("license", e.license)
     row("source", f"{e.source}" + (f" ({e.source_ref})" if e.source_ref else ""))
     row("base model", e.base_model)
+    row("clip skip", e.extra.get("clip_skip"))
     row("base fingerprint", e.base_model_fingerprint)
     row("initializer", e.initializer)
     if e.training_images_hash:

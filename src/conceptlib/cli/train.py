@@ -48,11 +48,62 @@ _STEPS, _LR, _BATCH, _CKPT, _SAMPLE = 2000, 5e-3, 4, 250, 500
 @click.option("--steps", type=click.IntRange(min=1), default=_STEPS, show_default=True)
 @click.option(
     "--lr",
-    type=float,
-    default=_LR,
+    default=str(_LR),
     show_default=True,
-    help="AdamW learning rate. May be lowered on --resume (after a NaN loss); the change is "
-    "recorded in the run. Example: --resume --lr 0.0025.",
+    help="AdamW learning rate (not scaled by --batch), or A1111's steps 'rate:until_step, "
+    "..., rate'. May be lowered on --resume (after a NaN loss); the change is recorded in "
+    "the run. Examples: --lr 0.002; --lr '0.05:10, 0.02:20, 0.005'; --resume --lr 0.0025.",
+)
+@click.option(
+    "--lr-schedule",
+    type=click.Choice(["constant", "constant_with_warmup", "cosine"]),
+    default="constant",
+    show_default=True,
+    help="Learning-rate schedule over --steps (cosine decays towards 0). "
+    "Example: --lr-schedule cosine --lr-warmup-steps 100.",
+)
+@click.option(
+    "--lr-warmup-steps",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Steps of linear warm-up (constant_with_warmup, cosine). Example: --lr-warmup-steps 100.",
+)
+@click.option(
+    "--weight-decay",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="AdamW weight decay on the trained vectors (pulls them towards 0). "
+    "Example: --weight-decay 0.01.",
+)
+@click.option(
+    "--no-flip",
+    is_flag=True,
+    help="Do not also train on mirrored images (use it for text, logos and anything "
+    "asymmetric). Example: --no-flip.",
+)
+@click.option(
+    "--prediction-type",
+    type=click.Choice(["epsilon", "v_prediction"]),
+    help="Force the UNet's training target (default: the scheduler config's). Needed for a "
+    "single-file v-prediction model paired with an epsilon --base-config; a checkpoint's "
+    "v_pred marker that disagrees gives a warning. Example: --prediction-type v_prediction.",
+)
+@click.option(
+    "--zero-terminal-snr",
+    is_flag=True,
+    help="Rescale the noise schedule to zero terminal SNR (for models trained so, e.g. with "
+    "the ztsnr marker). Example: --prediction-type v_prediction --zero-terminal-snr.",
+)
+@click.option(
+    "--clip-skip",
+    type=click.IntRange(1, 12),
+    default=1,
+    show_default=True,
+    help="Text-encoder layer to condition on, A1111's convention: 1 = the last layer, 2 = the "
+    "one before (SD 1.x models made for clip skip 2). For SDXL 1 is the penultimate layer "
+    "stock SDXL uses, N goes N-1 further back. Recorded with the concept. Example: --clip-skip 2.",
 )
 @click.option("--batch", type=click.IntRange(min=1), default=_BATCH, show_default=True)
 @click.option(
@@ -105,7 +156,14 @@ def train_cmd(
     base: str,
     base_config: str | None,
     steps: int,
-    lr: float,
+    lr: str,
+    lr_schedule: str,
+    lr_warmup_steps: int,
+    weight_decay: float,
+    no_flip: bool,
+    prediction_type: str | None,
+    zero_terminal_snr: bool,
+    clip_skip: int,
     batch: int,
     resolution: int | None,
     seed: int,
@@ -139,6 +197,10 @@ def train_cmd(
       conceptlib train photos/ --name cat-toy --init toy --base ./sd15 --resume --lr 0.0025
       conceptlib train photos/ --name cat-toy --init toy \\
           --base dreamshaper_8.safetensors --base-config ./sd15
+      conceptlib train logo/ --name acme-logo --init logo --base ./sd15 --no-flip \\
+          --clip-skip 2 --lr-schedule cosine --lr-warmup-steps 100
+      conceptlib train photos/ --name cat-toy --init toy --base v-model.safetensors \\
+          --base-config ./sd21 --prediction-type v_prediction --zero-terminal-snr
     """
     from conceptlib.trainer.train import TrainingInterrupted
 
@@ -146,7 +208,10 @@ def train_cmd(
     try:
         result = _run(
             list(images), show=show, name=name, init=init, base=base, base_config=base_config,
-            vectors=vectors, kind=kind, steps=steps, lr=lr, batch=batch, resolution=resolution,
+            vectors=vectors, kind=kind, steps=steps, lr=_lr_value(lr), lr_schedule=lr_schedule,
+            lr_warmup_steps=lr_warmup_steps, weight_decay=weight_decay, flip=not no_flip,
+            prediction_type=prediction_type, zero_terminal_snr=zero_terminal_snr,
+            clip_skip=clip_skip, batch=batch, resolution=resolution,
             seed=seed, templates=templates, tags=tags, description=description,
             precision=precision, device=device, resume=resume,
             checkpoint_every=checkpoint_every, sample_every=sample_every, compile=compile_,
@@ -157,6 +222,14 @@ def train_cmd(
         print_json(result.to_dict())
         return
     _render(result)
+
+
+def _lr_value(text: str) -> float | str:
+    """``--lr`` as a number when it is one, else the A1111 step text (checked by train)."""
+    try:
+        return float(text)
+    except ValueError:
+        return text
 
 
 def _run(images: list[str], *, show: bool, **options: Any) -> Any:

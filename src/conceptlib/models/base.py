@@ -21,7 +21,7 @@ its recipe is in :mod:`conceptlib.models.fingerprint`.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -35,7 +35,7 @@ from conceptlib.models.folders import (
     _require_diffusers_folder,
 )
 from conceptlib.models.libraries import quiet_libraries
-from conceptlib.models.single_file import _load_single_file
+from conceptlib.models.single_file import _load_single_file, single_file_markers
 from conceptlib.models.tiny import TINY_MODELS, TINY_RESOLUTION, load_tiny
 from conceptlib.schemas.enums import FAMILY_SLOTS, Family
 
@@ -64,6 +64,9 @@ class BaseModel:
             :mod:`conceptlib.models.fingerprint`.
         ref: what the user passed.
         model_id: the id recorded in the catalog (tiny id, repo id, or folder/file name).
+        markers: for a single-file checkpoint, which schedule markers its header holds
+            (``{"v_pred": bool, "ztsnr": bool}``, see
+            :data:`~conceptlib.models.single_file.SCHEDULE_MARKERS`); empty otherwise.
     """
 
     pipeline: Any
@@ -74,6 +77,7 @@ class BaseModel:
     device: str
     dtype: Any
     is_tiny: bool = False
+    markers: dict[str, bool] = field(default_factory=dict)
 
     @property
     def slots(self) -> list[TextEncoderSlot]:
@@ -287,6 +291,7 @@ def load_base(
     device = resolve_device(device)
     dtype = dtype or torch.float32
     ref_s = str(ref)
+    markers: dict[str, bool] = {}
     with quiet_libraries():
         if ref_s in TINY_MODELS:
             pipe = load_tiny(ref_s, cache_dir=cache_dir, device=device, dtype=dtype)
@@ -314,6 +319,7 @@ def load_base(
                     path=str(path),
                 )
             fingerprint = fingerprint_path(path)
+            markers = single_file_markers(path)
             pipe = _load_single_file(path, dtype, str(config) if config else None)
             fam = _family_of_pipeline(pipe)
             model_id = path.name
@@ -336,4 +342,4 @@ def load_base(
             )
         pipe.set_progress_bar_config(disable=True)
         pipe.to(device)
-    return BaseModel(pipe, fam, fingerprint, ref_s, model_id, device, dtype, False)
+    return BaseModel(pipe, fam, fingerprint, ref_s, model_id, device, dtype, False, markers)

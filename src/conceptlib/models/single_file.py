@@ -43,6 +43,23 @@ def _safetensors_keys(path: Path) -> list[str]:
     return [k for k in header if k != "__metadata__"]
 
 
+#: Top-level tensor names that mark a checkpoint's noise schedule: ``v_pred`` (trained
+#: to predict v) and ``ztsnr`` (zero terminal SNR). Fine-tuners (e.g. NoobAI-XL v-pred)
+#: store them as empty tensors; ComfyUI's model detection and A1111's loader read them.
+SCHEDULE_MARKERS = ("v_pred", "ztsnr")
+
+
+def single_file_markers(path: Path) -> dict[str, bool]:
+    """Which :data:`SCHEDULE_MARKERS` the checkpoint's header holds, e.g.
+    ``{"v_pred": True, "ztsnr": False}``, read from the header alone (size-capped).
+
+    Raises:
+        BaseModelError: not a safetensors file.
+    """
+    keys = set(_safetensors_keys(path))
+    return {m: m in keys for m in SCHEDULE_MARKERS}
+
+
 def single_file_family(path: Path) -> Family:
     """The family of an original-layout (LDM) checkpoint, from its tensor names."""
     keys = _safetensors_keys(path)

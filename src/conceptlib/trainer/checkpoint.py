@@ -41,7 +41,19 @@ RESUME_KEYS = (
     "templates_sha256",
     "weight_decay",
     "flip",
+    "lr_schedule",
+    "lr_warmup_steps",
+    "prediction_type",
+    "zero_terminal_snr",
+    "clip_skip",
 )
+#: What a checkpoint written before a setting existed ran with (read as its value).
+RESUME_DEFAULTS: dict[str, Any] = {
+    "lr_schedule": "constant",
+    "lr_warmup_steps": 0,
+    "zero_terminal_snr": False,
+    "clip_skip": 1,
+}
 #: Config keys that may differ on resume, each change recorded in the run's
 #: ``resume_changes``: the remedies a NaN loss names (a lower ``--lr``, another
 #: ``--precision``), a longer ``--steps``, and the device the run continues on.
@@ -223,11 +235,15 @@ def check_resumable(
         TrainingError: a setting of :data:`RESUME_KEYS` differs, the checkpoint is past
             ``--steps``, or its record of changes is malformed.
     """
-    diffs = [k for k in RESUME_KEYS if saved.get(k) != current.get(k)]
+
+    def old(key: str) -> Any:
+        if key == "prediction_type":  # older runs trained on the scheduler config's
+            return saved.get(key, current.get(key))
+        return saved.get(key, RESUME_DEFAULTS.get(key))
+
+    diffs = [k for k in RESUME_KEYS if old(k) != current.get(k)]
     if diffs:
-        shown = "; ".join(
-            f"{k}: checkpoint {saved.get(k)!r}, now {current.get(k)!r}" for k in diffs
-        )
+        shown = "; ".join(f"{k}: checkpoint {old(k)!r}, now {current.get(k)!r}" for k in diffs)
         raise TrainingError(
             f"cannot resume {path}: the run's settings differ ({shown})",
             hint="resume with the same settings (only --lr, --precision, --steps and --device "

@@ -213,15 +213,74 @@ def load_training_images(
     return TrainingImages(images=images, paths=paths, sha256s=digests, warnings=notes)
 
 
+@dataclass(frozen=True)
+class CropGeometry:
+    """Where one training square came from: SDXL's size and crop conditioning.
+
+    SDXL's UNet is conditioned on six numbers per image, ``(original_h, original_w,
+    crop_top, crop_left, target_h, target_w)`` (Podell et al. 2023, "SDXL", section 2.2;
+    the ``add_time_ids`` of diffusers' SDXL pipelines and training scripts). The crop
+    offsets are in pixels of the image resized so that its short side is the training
+    resolution (the frame the crop is taken from), as diffusers' and kohya's SDXL
+    trainers compute them.
+
+    Attributes:
+        original_h, original_w: the image's own size in pixels, before any resize.
+        top, left: the square crop's top-left corner, in pixels of the resized image.
+        flipped_left: the crop's left offset in the mirrored image (``resized_w - left -
+            resolution``), what the mirrored latent is conditioned on.
+    """
+
+    original_h: int
+    original_w: int
+    top: int
+    left: int
+    flipped_left: int
+
+    def time_ids(self, resolution: int, *, flipped: bool = False) -> list[int]:
+        """``[original_h, original_w, crop_top, crop_left, resolution, resolution]``."""
+        left = self.flipped_left if flipped else self.left
+        return [self.original_h, self.original_w, self.top, left, resolution, resolution]
+
+
+def _square(w: int, h: int) -> tuple[int, int, int]:
+    """The centre square of a ``w x h`` image: ``(side, left, top)`` in its pixels."""
+    side = min(w, h)
+    return side, (w - side) // 2, (h - side) // 2
+
+
+def crop_geometry(images: Sequence[Any], resolution: int) -> list[CropGeometry]:
+    """The :class:`CropGeometry` of each image as :func:`to_pixels` crops it."""
+    out = []
+    for img in images:
+        w, h = img.size
+        side, left, top = _square(w, h)
+        scale = resolution / side
+        resized_w = round(w * scale)
+        crop_left, crop_top = round(left * scale), round(top * scale)
+        out.append(
+            CropGeometry(
+                original_h=h,
+                original_w=w,
+                top=crop_top,
+                left=crop_left,
+                flipped_left=resized_w - crop_left - resolution,
+            )  # fmt: skip
+        )
+    return out
+
+
 def to_pixels(images: Sequence[Any], resolution: int) -> np.ndarray:
-    """Center-crop each image to a square, resize to ``resolution``; ``[N, 3, r, r]`` in [-1, 1]."""
+    """Center-crop each image to a square, resize to ``resolution``; ``[N, 3, r, r]`` in [-1, 1].
+
+    The crop of each image is described by :func:`crop_geometry`.
+    """
     from PIL import Image
 
     out = np.empty((len(images), 3, resolution, resolution), dtype=np.float32)
     for i, img in enumerate(images):
         w, h = img.size
-        side = min(w, h)
-        left, top = (w - side) // 2, (h - side) // 2
+        side, left, top = _square(w, h)
         square = img.crop((left, top, left + side, top + side))
         square = square.resize((resolution, resolution), Image.Resampling.LANCZOS)
         arr = np.asarray(square, dtype=np.float32).transpose(2, 0, 1)

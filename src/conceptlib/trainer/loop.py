@@ -28,6 +28,8 @@ import numpy as np
 
 from conceptlib.errors import TrainingError, UsageError
 from conceptlib.schemas.enums import Family
+from conceptlib.trainer.images import CropGeometry
+from conceptlib.trainer.schedule import LRSchedule
 
 if TYPE_CHECKING:
     import torch
@@ -155,6 +157,11 @@ class TextualInversion:
         flip: bool = True,
         compile: bool | str = False,
         total_steps: int = 1,
+        geometry: Sequence[CropGeometry] | None = None,
+        prediction_type: str | None = None,
+        zero_terminal_snr: bool = False,
+        clip_skip: int = 1,
+        lr_schedule: LRSchedule | None = None,
     ) -> None:
         import torch
 
@@ -165,7 +172,10 @@ class TextualInversion:
         self.batch = int(batch)
         self.num_vectors = int(vectors)
         self.step_count = 0
+        self.clip_skip = int(clip_skip)
+        self.lr_schedule = lr_schedule or LRSchedule(((float(lr), None),), steps=total_steps)
         pipe = base.pipeline
+        self._scheduler = pipe.scheduler  # put back by close()
         self.unet = pipe.unet
         self.vae = pipe.vae
         for module in (pipe.unet, pipe.vae, *(s.encoder for s in base.slots)):
@@ -174,8 +184,11 @@ class TextualInversion:
         self.generator = torch.Generator(device=self.device).manual_seed(int(seed))
         self._merged: list[tuple[Any, Any, Any]] = []  # (encoder, original, merged)
         try:
+            check_clip_skip(base, self.clip_skip)
             self._setup(pixels, templates, name=name, init=init, lr=lr, weight_decay=weight_decay,
-                        flip=flip, compile=compile, total_steps=total_steps)  # fmt: skip
+                        flip=flip, compile=compile, total_steps=total_steps, geometry=geometry,
+                        prediction_type=prediction_type,
+                        zero_terminal_snr=zero_terminal_snr)  # fmt: skip
         except BaseException:
             self.close()
             raise
@@ -192,6 +205,9 @@ class TextualInversion:
         flip: bool,
         compile: bool | str,
         total_steps: int,
+        geometry: Sequence[CropGeometry] | None,
+        prediction_type: str | None,
+        zero_terminal_snr: bool,
     ) -> None:
         import torch
 
@@ -259,10 +275,20 @@ class TextualInversion:
 
         # ---- noise schedule
         sched = pipe.scheduler.config
-        self.prediction_type = sched.get("prediction_type", "epsilon")
+        self.prediction_type = prediction_type or sched.get("prediction_type", "epsilon")
+        self.zero_terminal_snr = bool(zero_terminal_snr or sched.get("rescale_betas_zero_snr"))
         from diffusers import DDPMScheduler
 
-        ddpm = DDPMScheduler.from_config(sched)
+        # diffusers' own rescale (rescale_zero_terminal_snr, Lin et al. 2023, "Common
+        # Diffusion Noise Schedules and Sample Steps are Flawed", algorithm 1).
+        ddpm = DDPMScheduler.from_config(
+            sched,
+            prediction_type=self.prediction_type,
+            rescale_betas_zero_snr=self.zero_terminal_snr,
+        )
+        pipe.scheduler = sampling_scheduler(
+            pipe.scheduler, self.prediction_type, self.zero_terminal_snr
+        )
         self.num_train_timesteps = int(ddpm.config.num_train_timesteps)
         self.alphas_cumprod = ddpm.alphas_cumprod.to(self.device, torch.float32)
 
@@ -271,10 +297,24 @@ class TextualInversion:
         self.mean, self.std = self._encode_images(pixels, flip=flip)
         self.num_latents = int(self.mean.shape[0])
         if self.family == Family.SDXL:
+            # Per cached latent: its image's original size and crop corner (the mirrored
+            # latents with the mirrored left offset), as diffusers' SDXL scripts do.
             r = self.resolution
-            self.add_time_ids = torch.tensor(
-                [[r, r, 0, 0, r, r]], device=self.device, dtype=self.dtype
+            geo = list(geometry) if geometry is not None else None
+            if geo is not None and len(geo) != int(pixels.shape[0]):
+                raise TrainingError(f"{len(geo)} crop geometries for {int(pixels.shape[0])} images")
+            rows = (
+                [g.time_ids(r) for g in geo]
+                if geo is not None
+                else [[r, r, 0, 0, r, r]] * len(pixels)
             )
+            if flip:
+                rows += (
+                    [g.time_ids(r, flipped=True) for g in geo]
+                    if geo is not None
+                    else [[r, r, 0, 0, r, r]] * len(pixels)
+                )
+            self.add_time_ids = torch.tensor(rows, device=self.device, dtype=torch.float32)
 
         # ---- optimizer and loss buffer
         # Fused AdamW keeps its step counter on the device and never reads it back
@@ -339,15 +379,25 @@ class TextualInversion:
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Text conditioning the way the diffusers pipelines build it, from token ids.
 
-        SD 1.x/2.x: the last hidden state. SDXL: both encoders' penultimate hidden
-        states concatenated, and the pooled embedding of the second encoder read at
-        the end-of-text token (:func:`pooled_index`), then projected.
+        SD 1.x/2.x: the last hidden state; with ``clip_skip`` N > 1 the output of the
+        N-th layer from the end, through the encoder's final layer norm (A1111's CLIP
+        skip; diffusers' ``clip_skip=N-1``). SDXL: both encoders' hidden states
+        ``clip_skip`` layers before the last (1: the penultimate, stock SDXL)
+        concatenated, and the pooled embedding of the second encoder read at the
+        end-of-text token (:func:`pooled_index`) of its last layer, then projected.
         """
         import torch
 
         slots = self.base.slots
+        n = self.clip_skip
         if self.family != Family.SDXL:
-            return slots[0].encoder(ids[0]).last_hidden_state, None
+            enc = slots[0].encoder
+            if n == 1:
+                return enc(ids[0]).last_hidden_state, None
+            hidden = enc(ids[0], output_hidden_states=True).hidden_states[-n]
+            # transformers < 5 nests the layers under text_model; 5 flattens them
+            norm = getattr(enc, "text_model", enc).final_layer_norm
+            return norm(hidden), None
         out_l = slots[0].encoder(ids[0], output_hidden_states=True)
         out_g = slots[1].encoder(ids[1], output_hidden_states=True)
         idx = pooled_index(ids[1], self.eos_ids[1])
@@ -355,20 +405,25 @@ class TextualInversion:
         pooled = slots[1].encoder.text_projection(
             last[torch.arange(last.shape[0], device=last.device), idx]
         )
-        return torch.cat([out_l.hidden_states[-2], out_g.hidden_states[-2]], dim=-1), pooled
+        layer = -(n + 1)
+        return torch.cat([out_l.hidden_states[layer], out_g.hidden_states[layer]], dim=-1), pooled
 
     def encode_texts(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
         return self.encode_prompts([self._tokenize(s, list(texts)) for s in self.base.slots])
 
     def _unet(
-        self, noisy: torch.Tensor, t: torch.Tensor, emb: torch.Tensor, pooled: Any
+        self,
+        noisy: torch.Tensor,
+        t: torch.Tensor,
+        emb: torch.Tensor,
+        pooled: Any,
+        time_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         kwargs: dict[str, Any] = {}
         if self.family == Family.SDXL:
-            b = noisy.shape[0]
             kwargs["added_cond_kwargs"] = {
                 "text_embeds": pooled.to(self.dtype),
-                "time_ids": self.add_time_ids.expand(b, -1),
+                "time_ids": time_ids.to(self.dtype),
             }
         return self.unet_fn(
             noisy.to(self.dtype), t, encoder_hidden_states=emb.to(self.dtype), **kwargs
@@ -397,7 +452,8 @@ class TextualInversion:
         else:
             target = d["noise"]
         emb, pooled = self.encode_prompts([ids[d["tmpl"]] for ids in self.template_ids])
-        pred = self._unet(noisy, d["t"], emb, pooled)
+        time_ids = self.add_time_ids[d["idx"]] if self.family == Family.SDXL else None
+        pred = self._unet(noisy, d["t"], emb, pooled, time_ids)
         return compute_loss(pred, target, step=self.step_count)
 
     # ------------------------------------------------------------------ training
@@ -406,6 +462,7 @@ class TextualInversion:
         """One optimisation step; the loss lands in ``loss_buffer[step]`` (no host sync)."""
         d = self._draw(self.generator, self.batch)
         loss = self._loss(d)
+        self.set_lr(self.lr_schedule.rate(self.step_count + 1))
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
@@ -485,8 +542,8 @@ class TextualInversion:
         return state
 
     def set_lr(self, lr: float) -> None:
-        """Use learning rate ``lr`` from the next step on (a resumed run may lower it; the
-        optimizer's moments are kept)."""
+        """Use learning rate ``lr`` for the next optimizer step (:meth:`step` sets the
+        schedule's rate before each; the optimizer's moments are kept)."""
         for group in self.optimizer.param_groups:
             group["lr"] = float(lr)
 
@@ -526,7 +583,15 @@ class TextualInversion:
         images = []
         with torch.no_grad():
             emb, pooled = self.encode_texts(texts)
-            neg, neg_pooled = self.encode_texts([negative] * len(texts))
+            zeros = (
+                self.family == Family.SDXL
+                and not negative
+                and bool(pipe.config.get("force_zeros_for_empty_prompt", True))
+            )
+            if zeros:  # stock SDXL: an empty negative prompt is zeros, not its encoding
+                neg, neg_pooled = torch.zeros_like(emb), torch.zeros_like(pooled)
+            else:
+                neg, neg_pooled = self.encode_texts([negative] * len(texts))
             for i in range(len(texts)):
                 kwargs: dict[str, Any] = {
                     "prompt_embeds": emb[i : i + 1].to(self.dtype),
@@ -552,6 +617,7 @@ class TextualInversion:
         for enc, original, _ in self._merged:
             enc.set_input_embeddings(original)
         self._merged = []
+        self.base.pipeline.scheduler = self._scheduler
 
 
 def compute_loss(pred: torch.Tensor, target: torch.Tensor, *, step: int) -> torch.Tensor:
@@ -559,3 +625,57 @@ def compute_loss(pred: torch.Tensor, target: torch.Tensor, *, step: int) -> torc
     import torch.nn.functional as F
 
     return F.mse_loss(pred.float(), target.float())
+
+
+#: Prediction types ``--prediction-type`` takes (what the UNet was trained to output).
+PREDICTION_TYPES = ("epsilon", "v_prediction")
+#: Largest ``--clip-skip`` (A1111's range; the model's own layer count is checked too).
+MAX_CLIP_SKIP = 12
+
+
+def clip_layers(base: BaseModel) -> int:
+    """The most ``clip_skip`` the base model's text encoders allow.
+
+    SD 1.x/2.x: the encoder's layer count (N counts from its last layer). SDXL: one
+    less than the smaller encoder's (N counts from the penultimate layer it already uses).
+    """
+    layers = min(int(s.encoder.config.num_hidden_layers) for s in base.slots)
+    return layers - 1 if base.family == Family.SDXL else layers
+
+
+def check_clip_skip(base: BaseModel, clip_skip: int) -> None:
+    """Refuse a ``clip_skip`` the base model's encoders do not have layers for.
+
+    Raises:
+        UsageError: (exit 2) ``clip_skip`` below 1 or past :func:`clip_layers`.
+    """
+    most = clip_layers(base)
+    if not 1 <= clip_skip <= most:
+        raise UsageError(
+            f"--clip-skip {clip_skip}: {base.model_id} ({base.family.value}) allows 1 to {most}"
+        )
+
+
+def sampling_scheduler(scheduler: Any, prediction_type: str, zero_terminal_snr: bool) -> Any:
+    """``scheduler`` reconfigured for ``prediction_type`` (and zero terminal SNR), so the
+    sample images denoise with the target the run trains on; ``scheduler`` itself when
+    nothing changes. A scheduler class without ``rescale_betas_zero_snr`` is replaced by
+    diffusers' ``DDIMScheduler`` with ``timestep_spacing="trailing"`` (what Lin et al.
+    pair the rescale with)."""
+    import inspect
+
+    cfg = scheduler.config
+    same = cfg.get("prediction_type", "epsilon") == prediction_type and bool(
+        cfg.get("rescale_betas_zero_snr", False)
+    ) == bool(zero_terminal_snr)
+    if same:
+        return scheduler
+    cls = type(scheduler)
+    extra: dict[str, Any] = {"prediction_type": prediction_type}
+    if zero_terminal_snr:
+        if "rescale_betas_zero_snr" not in inspect.signature(cls.__init__).parameters:
+            from diffusers import DDIMScheduler
+
+            cls = DDIMScheduler
+        extra.update(rescale_betas_zero_snr=True, timestep_spacing="trailing")
+    return cls.from_config(cfg, **extra)

@@ -145,7 +145,7 @@ class TrainingInterrupted(KeyboardInterrupt):
 
 
 def _check_options(
-    name: str, init: str, vectors: int, steps: int, lr: float, batch: int, kind: str
+    name: str, init: str, vectors: int, steps: int, lr: float | str, batch: int, kind: str
 ) -> str:
     from conceptlib.config import MAX_VECTORS
     from conceptlib.schemas.names import validate_name
@@ -168,7 +168,7 @@ def _check_options(
         raise UsageError(f"--vectors {vectors}: expected 1 to {MAX_VECTORS}")
     if steps < 1:
         raise UsageError(f"--steps {steps}: expected at least 1")
-    if not (lr > 0 and math.isfinite(lr)):
+    if isinstance(lr, (int, float)) and not (lr > 0 and math.isfinite(lr)):
         raise UsageError(f"--lr {lr}: expected a positive number")
     if batch < 1:
         raise UsageError(f"--batch {batch}: expected at least 1")
@@ -177,6 +177,73 @@ def _check_options(
     except ValueError as exc:
         raise UsageError(f"--kind {kind!r}: expected object or style") from exc
     return name
+
+
+def _check_run_options(
+    *,
+    lr: float | str,
+    lr_schedule: str,
+    lr_warmup_steps: int,
+    steps: int,
+    prediction_type: str | None,
+    clip_skip: int,
+    weight_decay: float,
+) -> tuple[float | str, Any]:
+    """Check the optimisation and conditioning options before anything loads.
+
+    Returns:
+        ``lr`` as recorded (a float, or the A1111 schedule text) and its
+        :class:`~conceptlib.trainer.schedule.LRSchedule`.
+    """
+    from conceptlib.trainer.loop import MAX_CLIP_SKIP, PREDICTION_TYPES
+    from conceptlib.trainer.schedule import build_schedule
+
+    schedule = build_schedule(lr, kind=lr_schedule, warmup_steps=lr_warmup_steps, steps=steps)
+    plain = len(schedule.pieces) == 1 and schedule.pieces[0][1] is None
+    if prediction_type is not None and prediction_type not in PREDICTION_TYPES:
+        raise UsageError(
+            f"--prediction-type {prediction_type!r}: expected one of {', '.join(PREDICTION_TYPES)}"
+        )
+    if not 1 <= clip_skip <= MAX_CLIP_SKIP:
+        raise UsageError(f"--clip-skip {clip_skip}: expected 1 (the last layer) to {MAX_CLIP_SKIP}")
+    if not (weight_decay >= 0 and math.isfinite(weight_decay)):
+        raise UsageError(f"--weight-decay {weight_decay}: expected 0 or a positive number")
+    return (schedule.pieces[0][0] if plain else str(lr)), schedule
+
+
+def _schedule_warnings(
+    bm: Any, prediction_type: str | None, zero_terminal_snr: bool
+) -> tuple[str, bool, list[str]]:
+    """The prediction type and zero-terminal-SNR the run uses, and warnings when a
+    single-file checkpoint's markers (``v_pred``, ``ztsnr``) disagree with them."""
+    cfg = bm.pipeline.scheduler.config
+    configured = cfg.get("prediction_type", "epsilon")
+    chosen = prediction_type or configured
+    ztsnr = bool(zero_terminal_snr or cfg.get("rescale_betas_zero_snr", False))
+    notes = []
+    src = "--prediction-type" if prediction_type else "its base config"
+    if bm.markers.get("v_pred") and chosen != "v_prediction":
+        notes.append(
+            f"warning: {bm.model_id} carries the v_pred marker (a v-prediction model) but "
+            f"{src} says {chosen}: the run trains on the wrong target; pass "
+            "--prediction-type v_prediction"
+        )
+    if bm.markers and not bm.markers.get("v_pred") and prediction_type == "v_prediction":
+        notes.append(
+            f"warning: {bm.model_id} has no v_pred marker; --prediction-type v_prediction "
+            "is right only if the model was trained to predict v"
+        )
+    if bm.markers.get("ztsnr") and not ztsnr:
+        notes.append(
+            f"warning: {bm.model_id} carries the ztsnr marker (trained with zero terminal "
+            "SNR) but the run's noise schedule is not rescaled; pass --zero-terminal-snr"
+        )
+    if ztsnr and chosen == "epsilon":
+        notes.append(
+            "warning: zero terminal SNR with epsilon prediction: the last timestep is pure "
+            "noise and the target is undefined there; v-prediction is what it is made for"
+        )
+    return chosen, ztsnr, notes
 
 
 def _check_registrable(library: Library, name: str, tags: Sequence[str]) -> None:
@@ -273,7 +340,7 @@ def train(
     vectors: int = 1,
     kind: str = "object",
     steps: int = DEFAULT_STEPS,
-    lr: float = DEFAULT_LR,
+    lr: float | str = DEFAULT_LR,
     batch: int = DEFAULT_BATCH,
     resolution: int | None = None,
     seed: int = 0,
@@ -287,6 +354,11 @@ def train(
     sample_steps: int | None = None,
     weight_decay: float = 0.0,
     flip: bool = True,
+    lr_schedule: str = "constant",
+    lr_warmup_steps: int = 0,
+    prediction_type: str | None = None,
+    zero_terminal_snr: bool = False,
+    clip_skip: int = 1,
     compile: bool | str = False,
     device: str | None = None,
     base_config: str | os.PathLike[str] | None = None,
@@ -315,6 +387,10 @@ def train(
         vectors: vectors per text-encoder slot (1-75).
         kind: ``object`` or ``style``; picks the default templates.
         steps, lr, batch: optimisation length, AdamW learning rate, images per step.
+            ``lr`` may be A1111's step syntax, ``"0.05:10, 0.02:20, 0.005"`` (rate until
+            step; :mod:`conceptlib.trainer.schedule`). It is not scaled by ``batch``.
+        lr_schedule, lr_warmup_steps: ``constant``, ``constant_with_warmup`` or
+            ``cosine``, and the steps of linear warm-up (:mod:`conceptlib.trainer.schedule`).
         resolution: training image side; default the base model's native size.
         seed: seed of every random draw of the run.
         templates: ``object``, ``style`` or a text file (default: by ``kind``).
@@ -328,7 +404,17 @@ def train(
         checkpoint_every: write a checkpoint every this many steps (0: never).
         sample_every: generate samples every this many steps (0: only at the end).
         sample_steps: denoising steps for samples (default 20 tiny, 30 otherwise).
-        weight_decay, flip: AdamW weight decay; also train on mirrored images.
+        weight_decay, flip: AdamW weight decay (on the trained rows only); also train on
+            mirrored images (off for text, logos and anything asymmetric).
+        prediction_type: ``epsilon`` or ``v_prediction``: force the UNet's target
+            (default: the scheduler config's). A single-file checkpoint's ``v_pred`` /
+            ``ztsnr`` markers that disagree give a warning in ``log``.
+        zero_terminal_snr: rescale the betas to zero terminal SNR (diffusers'
+            ``rescale_betas_zero_snr``; Lin et al. 2023), for models trained that way.
+        clip_skip: text-encoder layer the conditioning is read from, A1111's convention:
+            1 = the last layer (SD 1.x/2.x) or, for SDXL, the penultimate layer stock
+            SDXL uses; N reads N-1 layers earlier. Recorded in the run and in the
+            entry's ``extra["clip_skip"]``.
         compile: ``torch.compile`` the UNet (worth it on CUDA): ``True`` for inductor, or
             a backend's name.
         device: ``cpu``, ``cuda``, ``cuda:N``, ``mps``, or ``None``/``"auto"`` (CUDA when
@@ -357,12 +443,22 @@ def train(
     from conceptlib.models.base import BaseModel, base_tokenizers, load_base, resolve_device
     from conceptlib.models.libraries import quiet_libraries
     from conceptlib.trainer.checkpoint import require_checkpoint
-    from conceptlib.trainer.images import MIN_TRAINING_IMAGES, load_training_images, to_pixels
+    from conceptlib.trainer.images import (
+        MIN_TRAINING_IMAGES,
+        crop_geometry,
+        load_training_images,
+        to_pixels,
+    )
     from conceptlib.trainer.loop import TextualInversion
     from conceptlib.trainer.templates import load_templates
 
     run = _Run(progress=progress, log=log, steps=steps, checkpoint_every=checkpoint_every)
     name = _check_options(name, init, vectors, steps, lr, batch, kind)
+    lr, schedule = _check_run_options(
+        lr=lr, lr_schedule=lr_schedule, lr_warmup_steps=lr_warmup_steps, steps=steps,
+        prediction_type=prediction_type, clip_skip=clip_skip,
+        weight_decay=weight_decay,
+    )  # fmt: skip
     loaded = base if isinstance(base, BaseModel) else None
     if loaded is None:  # a device or precision this machine cannot use fails first
         dev = resolve_device(device)
@@ -416,6 +512,12 @@ def train(
         res = int(resolution or bm.native_resolution)
         if res % 8 or res < 16:
             raise UsageError(f"--resolution {res}: expected a multiple of 8, at least 16")
+        from conceptlib.trainer.loop import check_clip_skip
+
+        check_clip_skip(bm, clip_skip)
+        prediction, ztsnr, notes = _schedule_warnings(bm, prediction_type, zero_terminal_snr)
+        for note in notes:
+            run.say(note)
         run.say(
             f"base {bm.model_id} ({bm.family.value}), {imgs.count} images at {res}px, "
             f"{bm.device} {precision}"
@@ -432,6 +534,9 @@ def train(
             "tags": list(tags), "precision": precision, "device": bm.device,
             "checkpoint_every": checkpoint_every, "sample_every": sample_every,
             "weight_decay": weight_decay, "flip": flip, "compile": compile,
+            "lr_schedule": lr_schedule, "lr_warmup_steps": lr_warmup_steps,
+            "prediction_type": prediction, "zero_terminal_snr": ztsnr,
+            "base_markers": dict(bm.markers), "clip_skip": clip_skip,
             "training_images_hash": imgs.hash, "training_image_count": imgs.count,
             "conceptlib_version": _version(), "resume_changes": [],
         }  # fmt: skip
@@ -440,8 +545,10 @@ def train(
         with quiet_libraries():
             engine = TextualInversion(
                 bm, to_pixels(imgs.images, res), template_list, name=name, init=init,
-                vectors=vectors, lr=lr, batch=batch, seed=seed, weight_decay=weight_decay,
-                flip=flip, compile=compile, total_steps=steps,
+                vectors=vectors, lr=schedule.rate(1), batch=batch, seed=seed,
+                weight_decay=weight_decay, flip=flip, compile=compile, total_steps=steps,
+                geometry=crop_geometry(imgs.images, res), prediction_type=prediction,
+                zero_terminal_snr=ztsnr, clip_skip=clip_skip, lr_schedule=schedule,
             )  # fmt: skip
             run.engine = engine
             try:
@@ -568,7 +675,6 @@ class _Run:
                 f"{path}: the checkpoint does not fit this run ({type(exc).__name__}: {exc})",
                 path=str(path),
             ) from exc
-        engine.set_lr(config["lr"])  # the optimizer state carries the checkpoint's rate
         fresh = changes[len(saved.get("resume_changes") or []) :]
         config["resume_changes"] = changes
         self.previous_wall = wall
@@ -649,7 +755,11 @@ class _Run:
 
     def _remedy(self, config: dict[str, Any]) -> str:
         """The hint after a NaN loss or diverged vectors: options ``train`` has."""
-        lower = f"{float(config['lr']) / 2:g}"
+        import shlex
+
+        from conceptlib.trainer.schedule import halved
+
+        lower = shlex.quote(halved(config["lr"]))
         if self.last_good is not None:
             hint = f"resume with a lower learning rate: --resume --lr {lower}"
         else:
@@ -737,7 +847,8 @@ class _Run:
             info = library.add_embedding(
                 emb, name=name, kind=kind, source="trained", source_ref=str(self.dir),
                 tags=tags, description=description, previews=previews, training_run=record,
-                extra={"init_tokens": init_tokens, "precision": precision}, **facts,
+                extra={"init_tokens": init_tokens, "precision": precision,
+                       "clip_skip": config.get("clip_skip", 1)}, **facts,
             )  # fmt: skip
             self.say(f"registered {info.name} ({info.tensor_sha256[:12]})")
         # The run is complete: its checkpoint would only block the next run of this name.
