@@ -7,12 +7,22 @@ from typing import Any
 import click
 
 from conceptlib.cli.common import console, echo, echo_err, json_option, open_library, print_json
+from conceptlib.errors import UsageError
 
 UI_FORMATS = ["a1111", "comfyui", "invokeai", "diffusers"]
 
 
 @click.command("compose")
-@click.argument("prompt")
+@click.argument("prompt", required=False)
+@click.option(
+    "--from",
+    "from_image",
+    default=None,
+    metavar="IMAGE.png",
+    help="Rerun an image's prompt, negative prompt, seed, steps and guidance (A1111, "
+    "ComfyUI, InvokeAI or conceptlib metadata) with the local entries; options given "
+    "override the image's. Example: --from found.png --base ./sd15.",
+)
 @click.option("--negative", "negative", default=None, help="Negative prompt (same syntax).")
 @click.option(
     "--base",
@@ -71,7 +81,8 @@ UI_FORMATS = ["a1111", "comfyui", "invokeai", "diffusers"]
 @click.option("--overwrite", is_flag=True, help="Replace existing output files.")
 @json_option
 def compose_cmd(
-    prompt: str,
+    prompt: str | None,
+    from_image: str | None,
     negative: str | None,
     base: str | None,
     steps: int,
@@ -110,8 +121,30 @@ def compose_cmd(
       conceptlib compose "a <cat-toy:1.2>" --format comfyui
       conceptlib compose "(masterpiece:1.2), a cat-toy" --syntax a1111 --base tiny-sd1 \\
           --negative "ng_deepnegative_v1_75t, EasyNegative"
+      conceptlib compose --from found.png --base ./sd15 -o again.png
     """
     with open_library() as lib:
+        if from_image is not None:
+            from conceptlib.compose.inspect import rerun_settings
+
+            meta = rerun_settings(lib, from_image)
+            ctx = click.get_current_context()
+
+            def given(param: str) -> bool:
+                return ctx.get_parameter_source(param) == click.core.ParameterSource.COMMANDLINE
+
+            prompt = prompt if prompt is not None else meta.prompt
+            negative = negative if given("negative") else meta.negative
+            if not given("syntax") and meta.syntax:
+                syntax = meta.syntax
+            if not given("seed") and meta.seed is not None:
+                seed = meta.seed
+            if not given("steps") and meta.steps is not None:
+                steps = meta.steps
+            if not given("guidance") and meta.guidance is not None:
+                guidance = meta.guidance
+        if prompt is None:
+            raise UsageError("give a PROMPT, or --from IMAGE.png to rerun an image's")
         if fmt is not None:
             from conceptlib.compose.compose import format_prompts
 

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 from conceptlib.compose.prompt import EmbeddingRef
 from conceptlib.compose.resolve import ResolvedPrompt
 from conceptlib.compose.ui import UI_FORMATS, ui_module
-from conceptlib.compose.ui.syntax import Piece, glue
+from conceptlib.compose.ui.syntax import Piece, glue, plain_number
 from conceptlib.errors import UntriggerableName
 from conceptlib.schemas.enums import Family, compatibility
 from conceptlib.schemas.names import name_key
@@ -241,7 +241,16 @@ def render(
     notes: list[str] | None = None,
     triggers: dict[str, str] | None = None,
 ) -> str:
-    """``resolved`` in ``fmt``'s syntax; appends what was approximated to ``notes``.
+    """``resolved`` in ``fmt``'s syntax; appends what was approximated or dropped to
+    ``notes``.
+
+    A reference is written with its weight times its attention (a prompt read in
+    conceptlib's syntax has weights, one read in a UI's has attention). Text of a
+    prompt read in a UI's syntax is literal: it is escaped for ``fmt`` and written
+    with its attention (``(red:1.2)``, compel's ``(red)1.2``); text of a conceptlib
+    prompt is written as typed (``(red:1.2)`` there is already A1111 attention).
+    ``BREAK`` is written where ``fmt`` has it (A1111); elsewhere, and attention in
+    diffusers, it is dropped with a note.
 
     ``triggers`` (``tensor_sha256 -> name``, from :func:`ui_triggers`) gives the names;
     without it each entry's trigger is computed (no catalog check).
@@ -251,23 +260,57 @@ def render(
         UsageError: an unknown UI.
     """
     module = ui_module(fmt)
+    parsed = resolved.parsed
+    literal = parsed.syntax != "conceptlib"
     infos = resolved.by_ref()
     weighted: list[str] = []
+    attended: list[str] = []
+    breaks = list(parsed.breaks)
     pieces: list[Piece] = []
-    for part in resolved.parsed.parts:
+
+    def add_breaks(at: int) -> None:
+        while at in breaks:
+            breaks.remove(at)
+            if module.BREAK:
+                pieces.append(Piece(" BREAK "))
+            else:
+                pieces.append(Piece(" "))
+                dropped.append("BREAK")
+
+    dropped: list[str] = []
+    for i, part in enumerate(parsed.parts):
+        add_breaks(i)
+        attention = parsed.attention_of(i)
         if not isinstance(part, EmbeddingRef):
-            pieces.append(Piece(part))
+            if not literal:
+                pieces.append(Piece(part))
+            elif attention == 1.0 or not part.strip():
+                pieces.append(Piece(module.escape(part)))
+            else:
+                body = part.strip()
+                lead, tail = part[: len(part) - len(part.lstrip())], part[len(part.rstrip()) :]
+                text = module.attend(body, attention)
+                if text is None:
+                    dropped.append(f"({_clip(body)}:{plain_number(attention)})")
+                    pieces.append(Piece(module.escape(part)))
+                else:
+                    pieces.extend([Piece(lead), Piece(text, weighted=True), Piece(tail)])
             continue
         info = infos[part].info
-        w = part.weight
-        has_weight = w is not None and w != 1.0
-        if has_weight and info.name not in weighted:
+        w = part.effective_weight * attention
+        has_weight = w != 1.0
+        if part.weight is not None and part.weight != 1.0 and info.name not in weighted:
             weighted.append(info.name)
+        if attention != 1.0 and info.name not in attended:
+            attended.append(info.name)
         trig = (triggers or {}).get(info.tensor_sha256) or module.trigger(info.name, info.token)
-        text = module.reference(trig, w)
+        text = module.reference(trig, w if has_weight else None)
         pieces.append(Piece(text, ref=True, weighted=has_weight and fmt != "diffusers"))
+    add_breaks(len(parsed.parts))
     text = glue(pieces, module.needs_space)
-    if notes is not None and weighted:
+    if notes is None:
+        return text
+    if weighted:
         names = ", ".join(weighted)
         if fmt == "diffusers":
             notes.append(
@@ -279,7 +322,32 @@ def render(
                 f"{fmt} applies weights {module.WEIGHTS}, not by scaling vectors as "
                 f"conceptlib does; {names} will look different"
             )
+    if attended and fmt == "diffusers":
+        dropped.extend(f"({n}:...)" for n in attended)
+    elif attended and parsed.syntax != fmt and literal:
+        notes.append(
+            f"the attention on {', '.join(attended)} was written for "
+            f"{ui_module(parsed.syntax).LABEL}; {module.LABEL} applies it {module.WEIGHTS}"
+        )
+    if dropped:
+        kinds = [
+            k
+            for k, has in (
+                ("attention", dropped != ["BREAK"] * len(dropped)),
+                ("BREAK", "BREAK" in dropped),
+            )
+            if has
+        ]
+        shown = ", ".join(dict.fromkeys(dropped))
+        notes.append(
+            f"{module.LABEL} prompts have no {' or '.join(kinds)}; dropped from the "
+            f"{parsed.which}: {shown}"
+        )
     return text
+
+
+def _clip(text: str, n: int = 30) -> str:
+    return text if len(text) <= n else text[: n - 3] + "..."
 
 
 def render_prompts(

@@ -15,6 +15,9 @@ Every module has the same small surface, read off that UI's public source:
 * ``SD1_ON_SDXL`` (``"skip"`` or ``"first encoder"``) and ``SD1_ON_SDXL_HOW``: what the
   UI does with an SD 1.x embedding in a prompt for an SDXL model;
 * ``WEIGHTS``: how the UI applies a weight;
+* ``escape(text)``, ``attend(text, weight)`` and ``BREAK``: literal text, text with
+  attention (``None`` where the UI has none) and whether ``BREAK`` can be written, for
+  a prompt read in a UI's syntax and written in another's;
 * ``read_prompt(prompt, which=, names=)`` (not diffusers): the UI's prompt read into a
   :class:`~conceptlib.compose.prompt.ParsedPrompt` (:func:`read_prompt` here picks the
   reader, :func:`detect_syntax` guesses the syntax).

@@ -78,7 +78,34 @@ def needs_space(left: Piece, right: Piece) -> bool:
     # A1111's own syntax characters are not tokenized: "(", ")" and the rest never join.
     if left.text[-1] in "()[]" or right.text[0] in "()[]":
         return False
-    return clip_runs_join(left.text, right.text)
+    if clip_runs_join(left.text, right.text):
+        return True
+    # Readers that find a bare name as a word (ours, PNG-info tools) need it to stand
+    # apart; a space between CLIP runs that do not join changes no token.
+    return not (left.text[-1] in _WORD_ENDS or right.text[0] in _WORD_ENDS)
+
+
+#: Characters that end a word for the readers of bare names (see :func:`read_prompt`).
+_WORD_ENDS = ",;|"
+
+
+#: A1111 reads ``BREAK`` (upper case, standing alone) as the start of a new chunk.
+BREAK = True
+_SYNTAX_CHARS = re.compile(r"[\\()\[\]]")
+_AND_WORD = re.compile(r"\bAND\b")
+
+
+def escape(text: str) -> str:
+    """Literal text in A1111's syntax: ``\\``, ``(``, ``)``, ``[``, ``]`` escaped with a
+    backslash, and a standalone ``AND`` lower-cased (A1111 would read it as composable
+    diffusion; CLIP lower-cases the prompt, so the tokens are the same). A ``<`` cannot
+    be escaped in A1111 (``<x:y>`` is an extra network)."""
+    return _AND_WORD.sub("and", _SYNTAX_CHARS.sub(lambda m: "\\" + m.group(0), text))
+
+
+def attend(text: str, weight: float) -> str:
+    """Escaped literal ``text`` with attention ``weight``: ``(text:1.2)``."""
+    return f"({escape(text)}:{plain_number(weight)})"
 
 
 # --------------------------------------------------------------------------- infotext
@@ -144,7 +171,12 @@ def parse_infotext(text: str) -> dict[str, Any]:
     for m in _PARAM.finditer(params_line):
         key, value = m.group(1).strip(), m.group(2).strip()
         if value.startswith('"'):
-            value = json.loads(value)
+            try:  # A1111 unquotes with json.loads; infotext from others may not be JSON
+                value = json.loads(value, strict=False)
+            except ValueError:
+                value = value.strip('"')
+            if not isinstance(value, str):
+                value = str(value)
         if key:
             params[key] = value
     return {

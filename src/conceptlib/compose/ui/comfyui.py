@@ -60,12 +60,33 @@ def reference(trig: str, weight: float | None) -> str:
 def needs_space(left: Piece, right: Piece) -> bool:
     """A bare ``embedding:NAME`` must be a word of its own: a space before it unless it
     starts the prompt, and after it unless a space, comma or the end follows.
-    A weighted one is its own parenthesized segment."""
+    A weighted one is its own parenthesized segment; ``)(`` between two weighted
+    segments gets a space too, so that no reader joins their words."""
+    if left.weighted and right.weighted:
+        return True
     if right.ref and not right.weighted:
         return True
     if left.ref and not left.weighted:
         return right.text[0] != ","
     return False
+
+
+#: ComfyUI's core text encoder has no ``BREAK`` (a ``Conditioning (Concat)`` node joins
+#: separately encoded prompts instead): a break cannot be written.
+BREAK = False
+_SYNTAX_CHARS = re.compile(r"[\\()]")
+
+
+def escape(text: str) -> str:
+    """Literal text in ComfyUI's syntax: ``\\``, ``(`` and ``)`` escaped with a
+    backslash (square brackets are plain text there). A word starting with
+    ``embedding:`` cannot be escaped."""
+    return _SYNTAX_CHARS.sub(lambda m: "\\" + m.group(0), text)
+
+
+def attend(text: str, weight: float) -> str:
+    """Escaped literal ``text`` with attention ``weight``: ``(text:1.2)``."""
+    return f"({escape(text)}:{plain_number(weight)})"
 
 
 # --------------------------------------------------------------------------- reading

@@ -48,3 +48,17 @@ def reference(trig: str, weight: float | None) -> str:
 def needs_space(left: Piece, right: Piece) -> bool:
     """Added tokens are matched anywhere in the text: never."""
     return False
+
+
+#: diffusers prompts have no ``BREAK`` and no attention: text is written as it is.
+BREAK = False
+
+
+def escape(text: str) -> str:
+    """Literal text: unchanged (diffusers prompts have no syntax)."""
+    return text
+
+
+def attend(text: str, weight: float) -> str | None:
+    """``None``: diffusers prompts cannot weigh text."""
+    return None

@@ -69,6 +69,23 @@ def needs_space(left: Piece, right: Piece) -> bool:
     return left.weighted and right.text[0] in "0123456789.+-"
 
 
+#: compel (InvokeAI) has no ``BREAK``: a break cannot be written.
+BREAK = False
+_SYNTAX_CHARS = re.compile(r"[\\()]")
+
+
+def escape(text: str) -> str:
+    """Literal text in compel's syntax: ``\\``, ``(`` and ``)`` escaped with a
+    backslash. compel has no escape for a ``+`` / ``-`` ending a word (read as a weight)
+    or for ``<...>`` (read as a trigger)."""
+    return _SYNTAX_CHARS.sub(lambda m: "\\" + m.group(0), text)
+
+
+def attend(text: str, weight: float) -> str:
+    """Escaped literal ``text`` with attention ``weight``: compel's ``(text)1.2``."""
+    return f"({escape(text)}){plain_number(weight)}"
+
+
 # --------------------------------------------------------------------------- reading
 
 # compel's tokens as we read them: escapes, a <trigger>, "(", ")" with its weight

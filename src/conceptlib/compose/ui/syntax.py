@@ -28,7 +28,8 @@ class Piece:
 def glue(pieces: Sequence[Piece], needs_space: Callable[[Piece, Piece], bool]) -> str:
     """``pieces`` joined, with one space wherever ``needs_space(left, right)`` says so.
 
-    Only boundaries next to a reference are asked about; literal text is never changed.
+    Only boundaries next to a reference or a weighted piece are asked about; literal
+    text is never changed.
     """
     out: list[str] = []
     prev: Piece | None = None
@@ -37,7 +38,7 @@ def glue(pieces: Sequence[Piece], needs_space: Callable[[Piece, Piece], bool]) -
             continue
         if (
             prev is not None
-            and (prev.ref or piece.ref)
+            and (prev.ref or piece.ref or prev.weighted or piece.weighted)
             and not prev.text[-1].isspace()
             and not piece.text[0].isspace()
             and needs_space(prev, piece)
