@@ -270,6 +270,22 @@ COVERAGE: dict[int, tuple[str, str, list[str]]] = {
         'test_show_escaping.py::test_training_run_and_preview_values_are_printed_not_interpreted',
         'test_formats.py::test_unknown_format_says_what_it_saw',
     ]),
+    52: ('Civitai 429 with Retry-After, 5xx', 'retried, bounded; CivitaiUnavailable', [
+        'test_civitai.py::test_info_retries_429_and_500_bounded',
+        'test_civitai.py::test_info_gives_up_after_bounded_retries_and_changes_nothing',
+    ]),
+    53: ('Civitai reply: non-JSON, truncated, huge, too deep, wrong types', 'CivitaiBadReply', [
+        'test_civitai.py::test_info_bad_replies_change_nothing',
+        'test_civitai.py::test_pull_refusals_register_nothing',
+    ]),
+    54: ('Civitai download with a wrong or missing hash; not an embedding', 'CivitaiIntegrityError', [
+        'test_civitai.py::test_pull_refusals_register_nothing',
+    ]),
+    55: ('Civitai HTML/markup in text, non-image previews, token to other hosts', 'stripped, skipped', [
+        'test_civitai.py::test_info_html_description_is_text_and_escaped',
+        'test_civitai.py::test_info_skips_previews_that_are_not_images',
+        'test_civitai.py::test_token_goes_to_the_endpoint_only',
+    ]),
 }  # fmt: skip
 
 

@@ -396,3 +396,51 @@ class HubNoEmbedding(HubError):
     """A repo that holds no recognizable embedding file."""
 
     code = "hub_no_embedding"
+
+
+# --------------------------------------------------------------------------- civitai
+
+
+class CivitaiError(ConceptlibError):
+    """Civitai's REST API (``conceptlib civitai info``, ``pull civitai:ID``): exit 9 like
+    the Hub. The token (``CIVITAI_API_TOKEN``) is never in a message."""
+
+    exit_code = 9
+    code = "civitai_error"
+
+
+class CivitaiAuthError(CivitaiError):
+    """HTTP 401/403: a missing or refused ``CIVITAI_API_TOKEN``."""
+
+    code = "civitai_auth"
+
+
+class CivitaiUnavailable(CivitaiError):
+    """Repeated 429/5xx, a reply cut short twice, or no connection."""
+
+    code = "civitai_unavailable"
+
+
+class CivitaiBadReply(CivitaiError):
+    """A reply that is not the JSON object (or file) expected: not JSON, too large, a
+    field of the wrong type."""
+
+    code = "civitai_bad_reply"
+
+
+class CivitaiNotFound(CivitaiError):
+    """A model version id (or AIR) Civitai does not know (HTTP 404)."""
+
+    code = "civitai_not_found"
+
+
+class CivitaiIntegrityError(CivitaiError):
+    """Downloaded bytes whose SHA-256 differs from the one the API lists (or none listed)."""
+
+    code = "civitai_integrity"
+
+
+class CivitaiNotEmbedding(CivitaiError):
+    """A model version that is not a textual-inversion embedding (a LoRA, a checkpoint)."""
+
+    code = "civitai_not_embedding"

@@ -132,7 +132,7 @@ def _render_push(result: PushResult, as_json: bool) -> None:
 
 
 @click.command("pull")
-@click.argument("repo", required=False, metavar="[REPO[@REVISION]]")
+@click.argument("repo", required=False, metavar="[REPO[@REVISION] | civitai:ID | AIR]")
 @click.option("--file", "filename", help="The embedding file to take, when the repo has several.")
 @click.option("--name", help="Register under this name (single repo).")
 @click.option(
@@ -174,6 +174,9 @@ def pull_cmd(
     registered. Pulling the same revision again changes nothing; a new revision with
     different vectors becomes a new version (the older one stays as NAME@vN).
     With HF_HUB_OFFLINE=1 repos are read from the local cache.
+    civitai:VERSION_ID or an AIR (urn:air:ECO:embedding:civitai:MODEL@VERSION) pulls from
+    Civitai instead: the file's SHA-256 is checked against the API's before it is
+    registered (source civitai, source_ref the AIR); see `conceptlib civitai --help`.
 
     \b
     Examples:
@@ -183,8 +186,11 @@ def pull_cmd(
       conceptlib pull some-user/negatives --file EasyNegative.safetensors
       conceptlib pull --author sd-concepts-library --search cat --limit 20
       conceptlib pull --library my-org/styles
+      conceptlib pull civitai:9208
+      conceptlib pull urn:air:sd1:embedding:civitai:7808@9208
     """
     from conceptlib.registry import hub
+    from conceptlib.registry.civitai.api import is_civitai_spec
 
     bulk = bool(author or search or tags or limit)
     modes = sum(bool(x) for x in (repo, bulk, library_repo))
@@ -195,6 +201,13 @@ def pull_cmd(
         )
     if (filename or name or trigger_token) and not repo:
         raise UsageError("--file, --name and --token apply to a single REPO")
+    if repo and is_civitai_spec(repo):
+        from conceptlib.cli.civitai import pull_civitai_spec
+
+        pull_civitai_spec(
+            repo, filename=filename, name=name, trigger_token=trigger_token, as_json=as_json
+        )
+        return
     lib = open_library()
     try:
         if repo:

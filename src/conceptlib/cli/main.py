@@ -41,8 +41,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "conceptlib.cli.compose:compose_cmd",
         "Generate images from a prompt naming embeddings; --dry-run, --format.",
     ),
+    "which": ("conceptlib.cli.inspect:which_cmd", "List the embeddings an image was made with."),
+    "inspect": ("conceptlib.cli.inspect:which_cmd", "Same as which."),
     "blend": ("conceptlib.cli.compose:blend_cmd", "Blend embeddings of one family into a new one."),
     "push": ("conceptlib.cli.hub:push_cmd", "Push a concept or a library to the Hugging Face Hub."),
+    "civitai": (
+        "conceptlib.cli.civitai:civitai_group",
+        "Look entries up on Civitai by hash (civitai info).",
+    ),
     "pull": (
         "conceptlib.cli.hub:pull_cmd",
         "Pull embeddings or a library from the Hugging Face Hub.",

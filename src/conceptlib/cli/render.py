@@ -110,6 +110,16 @@ def detail_panel(e: EmbeddingInfo, store_path_of=None):  # noqa: ANN001, ANN201
     row("file sha256", e.file_sha256)
     row("A1111 hash", e.a1111_hash)
     row("Civitai AutoV2", e.autov2)
+    civ = e.extra.get("civitai")  # from `civitai info` or a Civitai pull (server text)
+    if isinstance(civ, dict):
+        row(
+            "Civitai",
+            f"{civ.get('model_name') or '?'} / {civ.get('version_name') or '?'} "
+            f"({civ.get('air') or '?'})",
+        )
+        lic = civ.get("license")
+        if isinstance(lic, dict):
+            row("Civitai license", ", ".join(f"{k}={v}" for k, v in sorted(lic.items())))
     row("flags", ", ".join(e.flags))
     if e.parents:
         row(
