@@ -7,13 +7,12 @@ screen (issue "Hostile inputs, second round", items 7-8)."""
 from __future__ import annotations
 
 import os
-import select
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
+from tty_support import read_terminal
 
 from conceptlib.registry.formats.safetensors_io import write_safetensors
 
@@ -34,26 +33,8 @@ def _run_on_a_terminal(args: list[str], env: dict[str, str], limit_s: float = 12
         close_fds=True,
     )
     os.close(slave)
-    chunks, deadline = [], time.monotonic() + limit_s
-    try:
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([master], [], [], 0.5)
-            if ready:
-                try:
-                    data = os.read(master, 65536)
-                except OSError:  # EIO: the child closed the terminal
-                    break
-                if not data:
-                    break
-                chunks.append(data)
-            elif proc.poll() is not None:
-                break
-        proc.wait(timeout=max(1.0, deadline - time.monotonic()))
-    finally:
-        os.close(master)
-        if proc.poll() is None:
-            proc.kill()
-    return proc.returncode, b"".join(chunks).decode("utf-8", "replace")
+    out = read_terminal(master, proc, limit_s)
+    return proc.returncode, out
 
 
 @pytest.fixture

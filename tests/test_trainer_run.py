@@ -273,10 +273,10 @@ def test_cli_progress_bar_shows_loss_rate_and_eta_on_a_terminal(images, _isolate
     """Run as a real process on a pseudo-terminal: the bar is drawn on stderr with the
     step count, the loss, steps/s and the time remaining."""
     import pty
-    import select
     import subprocess
     import sys
-    import time
+
+    from tty_support import read_terminal
 
     link_tiny_into_home(_isolated_home)
     master, slave = pty.openpty()
@@ -287,27 +287,7 @@ def test_cli_progress_bar_shows_loss_rate_and_eta_on_a_terminal(images, _isolate
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=slave, env=env)  # fmt: skip
     os.close(slave)
-    chunks = []
-    deadline = time.monotonic() + 240
-    try:
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([master], [], [], 1.0)
-            if ready:
-                try:
-                    data = os.read(master, 65536)
-                except OSError:  # the other end closed
-                    break
-                if not data:
-                    break
-                chunks.append(data)
-            elif proc.poll() is not None:
-                break
-        proc.wait(timeout=max(1.0, deadline - time.monotonic()))
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        os.close(master)
-    screen = b"".join(chunks).decode("utf-8", "replace")
+    screen = read_terminal(master, proc, 240)
     assert proc.returncode == 0, screen[-2000:]
     assert "training" in screen and "/12" in screen
     assert "loss " in screen and "steps/s" in screen

@@ -203,9 +203,11 @@ def with_breaks(
     )
 
 
-def _error(
+def syntax_error(
     cls: type[PromptSyntaxError], prompt: str, pos: int, which: str, what: str, hint: str
 ) -> PromptSyntaxError:
+    """A ``cls`` error at 0-based ``pos`` of ``prompt``; the message gives the 1-based
+    column (every prompt reader reports errors this way)."""
     return cls(
         f"{which}, column {pos + 1}: {what}",
         hint=hint,
@@ -226,7 +228,7 @@ def _find_close(prompt: str, start: int, which: str) -> int:
             break
         j += 1
     snippet = prompt[start : min(len(prompt), start + 24)]
-    raise _error(
+    raise syntax_error(
         PromptSyntaxError,
         prompt,
         start,
@@ -248,7 +250,7 @@ def _parse_ref(prompt: str, start: int, close: int, which: str) -> EmbeddingRef:
             if head in _OTHER_SYNTAX
             else "write <name> or <name:0.8>; write \\< for a literal '<'"
         )
-        raise _error(
+        raise syntax_error(
             PromptSyntaxError,
             prompt,
             start,
@@ -258,7 +260,7 @@ def _parse_ref(prompt: str, start: int, close: int, which: str) -> EmbeddingRef:
         )
     name = pieces[0].strip()
     if not name:
-        raise _error(
+        raise syntax_error(
             PromptSyntaxError,
             prompt,
             start,
@@ -267,7 +269,7 @@ def _parse_ref(prompt: str, start: int, close: int, which: str) -> EmbeddingRef:
             "write \\<\\> for a literal '<>'",
         )
     if any(c.isspace() for c in name):
-        raise _error(
+        raise syntax_error(
             PromptSyntaxError,
             prompt,
             start,
@@ -280,7 +282,7 @@ def _parse_ref(prompt: str, start: int, close: int, which: str) -> EmbeddingRef:
         text = pieces[1].strip()
         wpos = start + 1 + len(pieces[0]) + 1
         if not _NUMBER.fullmatch(text):
-            raise _error(
+            raise syntax_error(
                 InvalidWeight,
                 prompt,
                 wpos,
@@ -290,7 +292,7 @@ def _parse_ref(prompt: str, start: int, close: int, which: str) -> EmbeddingRef:
             )
         weight = float(text)
         if not math.isfinite(weight):
-            raise _error(
+            raise syntax_error(
                 InvalidWeight,
                 prompt,
                 wpos,

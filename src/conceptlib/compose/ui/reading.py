@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from conceptlib.compose.prompt import EmbeddingRef, ParsedPrompt, with_breaks
+from conceptlib.compose.prompt import EmbeddingRef, ParsedPrompt, syntax_error, with_breaks
 from conceptlib.errors import PromptSyntaxError
 
 Finder = Callable[[str], list[tuple[int, int, str]]]
@@ -20,15 +20,7 @@ Finder = Callable[[str], list[tuple[int, int, str]]]
 
 def refuse(prompt: str, pos: int, which: str, what: str, hint: str) -> PromptSyntaxError:
     """A :class:`PromptSyntaxError` at 0-based ``pos`` (the message gives the column)."""
-    pos = max(pos, 0)
-    return PromptSyntaxError(
-        f"{which}, column {pos + 1}: {what}",
-        hint=hint,
-        prompt=prompt,
-        position=pos,
-        column=pos + 1,
-        which=which,
-    )
+    return syntax_error(PromptSyntaxError, prompt, max(pos, 0), which, what, hint)
 
 
 def build(
