@@ -13,7 +13,7 @@ _STEPS, _LR, _BATCH, _CKPT, _SAMPLE = 2000, 5e-3, 4, 250, 500
 
 
 @click.command("train")
-@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=str))
+@click.argument("images", nargs=-1, metavar="IMAGES...", type=click.Path(path_type=str))
 @click.option(
     "--name",
     required=True,
@@ -24,9 +24,8 @@ _STEPS, _LR, _BATCH, _CKPT, _SAMPLE = 2000, 5e-3, 4, 250, 500
 @click.option(
     "--init",
     "init",
-    required=True,
-    help="Initializer word(s) of the base model's vocabulary: where the vectors start. "
-    "Example: --init toy.",
+    help="Initializer word(s) of the base model's vocabulary: where the vectors start "
+    "(required to train). Example: --init toy.",
 )
 @click.option(
     "--vectors", type=click.IntRange(1, 75), default=1, show_default=True, help="Vectors per token."
@@ -140,6 +139,21 @@ _STEPS, _LR, _BATCH, _CKPT, _SAMPLE = 2000, 5e-3, 4, 250, 500
     help="Sample images every K steps (0: only at the end).",
 )
 @click.option(
+    "--save-every",
+    type=int,
+    help="Keep a loadable copy of the vectors every N steps and at the last one, with its "
+    "preview grid, in RUN/steps/NAME-STEP.safetensors and .png (1 to --steps; kept across "
+    "--resume). Example: --steps 2000 --save-every 250.",
+)
+@click.option(
+    "--register-step",
+    type=int,
+    help="Instead of training: register the step N that a finished run of --name kept "
+    "with --save-every (no IMAGES, --init or --base needed). An entry already named so "
+    "from that run is kept as NAME@vK and the step becomes version K+1. "
+    "Example: conceptlib train --name cat-toy --register-step 750.",
+)
+@click.option(
     "--compile",
     "compile_",
     is_flag=True,
@@ -175,6 +189,8 @@ def train_cmd(
     resume: bool,
     checkpoint_every: int,
     sample_every: int,
+    save_every: int | None,
+    register_step: int | None,
     compile_: bool,
     quiet: bool,
     as_json: bool,
@@ -186,7 +202,9 @@ def train_cmd(
     and sample images (stored as the concept's previews), and records the config,
     the base-model fingerprint and the training-images hash. After a NaN loss the
     hint gives the --resume command with a lower --lr; Ctrl-C prints the command
-    that continues the run (exit 130).
+    that continues the run (exit 130). With --save-every N the vectors are kept every
+    N steps (with a preview grid) so the best step can be registered afterwards
+    with --register-step.
 
     \b
     Examples:
@@ -201,10 +219,19 @@ def train_cmd(
           --clip-skip 2 --lr-schedule cosine --lr-warmup-steps 100
       conceptlib train photos/ --name cat-toy --init toy --base v-model.safetensors \\
           --base-config ./sd21 --prediction-type v_prediction --zero-terminal-snr
+      conceptlib train photos/ --name cat-toy --init toy --base ./sd15 --save-every 250
+      conceptlib train --name cat-toy --register-step 750
     """
     from conceptlib.trainer.train import TrainingInterrupted
 
     show = not (quiet or as_json)
+    if register_step is not None:
+        _register_step(name, register_step, as_json=as_json)
+        return
+    ctx = click.get_current_context()
+    for param in ctx.command.params:
+        if param.name in ("images", "init") and not ctx.params.get(param.name):
+            raise click.MissingParameter(ctx=ctx, param=param)
     try:
         result = _run(
             list(images), show=show, name=name, init=init, base=base, base_config=base_config,
@@ -215,6 +242,7 @@ def train_cmd(
             seed=seed, templates=templates, tags=tags, description=description,
             precision=precision, device=device, resume=resume,
             checkpoint_every=checkpoint_every, sample_every=sample_every, compile=compile_,
+            save_every=save_every,
         )  # fmt: skip
     except TrainingInterrupted as exc:
         _interrupted(exc)
@@ -222,6 +250,39 @@ def train_cmd(
         print_json(result.to_dict())
         return
     _render(result)
+
+
+def _register_step(name: str, step: int, *, as_json: bool) -> None:
+    """``--register-step``: only --name (and --json / -q) go with it; register, render."""
+    from click.core import ParameterSource
+    from rich.markup import escape
+
+    from conceptlib.errors import UsageError
+    from conceptlib.trainer.steps import register_step
+
+    ctx = click.get_current_context()
+    allowed = {"name", "register_step", "quiet", "as_json"}
+    extra = [
+        p.opts[-1] if isinstance(p, click.Option) else p.human_readable_name
+        for p in ctx.command.params
+        if p.name not in allowed
+        and ctx.get_parameter_source(p.name or "") not in (ParameterSource.DEFAULT, None)
+    ]
+    if extra:
+        raise UsageError(
+            f"--register-step registers a step a finished run kept; it takes no {', '.join(extra)}",
+            hint=f"conceptlib train --name NAME --register-step {step}",
+        )
+    with open_library() as lib:
+        info = register_step(name, step, library=lib)
+    if as_json:
+        print_json(info.to_dict())
+        return
+    shown = escape(info.name)
+    console().print(
+        f"registered step {step} as [bold]{shown}[/bold] (version {info.version}); "
+        f"see: conceptlib show {shown}"
+    )
 
 
 def _lr_value(text: str) -> float | str:
@@ -334,6 +395,7 @@ def _render(r: Any) -> None:
         ("embedding", str(r.embedding_path)),
         ("loss curve", str(r.loss_curve_path)),
         ("samples", str(r.grid_path)),
+        ("kept steps", ", ".join(str(s) for s in r.kept_steps)),
     ]
     for k, v in rows:
         if v:  # paths, the initializer and the name are the user's text: never markup

@@ -83,6 +83,7 @@ class TrainResult:
     loss_curve_path: Path
     sample_paths: list[Path] = field(default_factory=list)
     grid_path: Path | None = None
+    kept_steps: list[int] = field(default_factory=list)
     resumed_from: int | None = None
     log: list[str] = field(default_factory=list)
 
@@ -352,6 +353,7 @@ def train(
     checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY,
     sample_every: int = DEFAULT_SAMPLE_EVERY,
     sample_steps: int | None = None,
+    save_every: int | None = None,
     weight_decay: float = 0.0,
     flip: bool = True,
     lr_schedule: str = "constant",
@@ -404,6 +406,11 @@ def train(
         checkpoint_every: write a checkpoint every this many steps (0: never).
         sample_every: generate samples every this many steps (0: only at the end).
         sample_steps: denoising steps for samples (default 20 tiny, 30 otherwise).
+        save_every: keep a loadable copy of the vectors every this many steps and at
+            the last one (``None``: off; else 1 to ``steps``), with its preview grid, in
+            ``RUN/steps/`` (:mod:`conceptlib.trainer.steps`; A1111's "save a copy of
+            embedding every N steps"); register one later with
+            :func:`~conceptlib.trainer.steps.register_step`.
         weight_decay, flip: AdamW weight decay (on the trained rows only); also train on
             mirrored images (off for text, logos and anything asymmetric).
         prediction_type: ``epsilon`` or ``v_prediction``: force the UNet's target
@@ -454,6 +461,9 @@ def train(
 
     run = _Run(progress=progress, log=log, steps=steps, checkpoint_every=checkpoint_every)
     name = _check_options(name, init, vectors, steps, lr, batch, kind)
+    from conceptlib.trainer.steps import check_save_every
+
+    check_save_every(save_every, steps)
     lr, schedule = _check_run_options(
         lr=lr, lr_schedule=lr_schedule, lr_warmup_steps=lr_warmup_steps, steps=steps,
         prediction_type=prediction_type, clip_skip=clip_skip,
@@ -533,6 +543,7 @@ def train(
             "templates_sha256": hashlib.sha256("\n".join(template_list).encode()).hexdigest(),
             "tags": list(tags), "precision": precision, "device": bm.device,
             "checkpoint_every": checkpoint_every, "sample_every": sample_every,
+            "save_every": save_every,
             "weight_decay": weight_decay, "flip": flip, "compile": compile,
             "lr_schedule": lr_schedule, "lr_warmup_steps": lr_warmup_steps,
             "prediction_type": prediction, "zero_terminal_snr": ztsnr,
@@ -558,8 +569,16 @@ def train(
                         run.say(msg)
                 if resume:
                     run.resume(engine, config)
+                run.keep = {
+                    "format": "conceptlib-kept-steps/1",
+                    "config": config,
+                    "device": _device_name(engine.device),
+                    "description": description,
+                    "init_tokens": {r.slot: r.tokens for r in engine.init_reports},
+                }
                 run.train(engine, config, checkpoint_every=checkpoint_every, sample_every=sample_every,
-                          sample_steps=sample_steps or (20 if bm.is_tiny else 30))  # fmt: skip
+                          sample_steps=sample_steps or (20 if bm.is_tiny else 30),
+                          save_every=save_every or 0)  # fmt: skip
                 return run.finish(
                     engine, bm, config, imgs, name=name, init=init, kind=kind, tags=tags,
                     description=description, precision=precision,
@@ -600,6 +619,8 @@ class _Run:
         self.sample_rows: list[tuple[str, list[Any]]] = []
         self.sample_paths: list[Path] = []
         self.final_images: list[Any] = []
+        self.keep: dict[str, Any] = {}  # the run's record for kept steps (run.json)
+        self.kept_steps: list[int] = []
         self.dir = Path(".")
         self.ckpt_path = Path(".")
 
@@ -705,8 +726,10 @@ class _Run:
         checkpoint_every: int,
         sample_every: int,
         sample_steps: int,
+        save_every: int = 0,
     ) -> None:
-        """Step until ``steps``; read the loss at sync points; checkpoint and sample."""
+        """Step until ``steps``; read the loss at sync points; checkpoint, sample and
+        keep a copy of the vectors every ``save_every`` steps (0: never)."""
         import numpy as np
 
         from conceptlib.trainer.checkpoint import save_checkpoint, vectors_problem
@@ -722,7 +745,8 @@ class _Run:
             s = engine.step_count
             ckpt_now = bool(checkpoint_every) and s % checkpoint_every == 0 and s < steps
             sample_now = bool(sample_every) and s % sample_every == 0 and s < steps
-            if not (s % sync_every == 0 or s == steps or ckpt_now or sample_now):
+            keep_now = bool(save_every) and s % save_every == 0 and s < steps
+            if not (s % sync_every == 0 or s == steps or ckpt_now or sample_now or keep_now):
                 continue
             fresh = engine.read_losses(read_upto, s)  # the one host sync
             self.train_seconds += time.perf_counter() - tick
@@ -745,8 +769,37 @@ class _Run:
                 self.last_good = s
             if sample_now:
                 self.samples(engine, s, sample_steps)
+            if keep_now:
+                self.keep_step(engine, s, sample_steps, sampled=sample_now)
             tick = time.perf_counter()
         self.samples(engine, steps, sample_steps)
+        if save_every:
+            self.keep_step(engine, steps, sample_steps, sampled=True)
+
+    def keep_step(self, engine: Any, step: int, sample_steps: int, *, sampled: bool) -> None:
+        """Keep the vectors at ``step`` and their grid (the samples just drawn, when
+        ``sampled``; else drawn now the way :meth:`samples` draws them)."""
+        from conceptlib.trainer.checkpoint import vectors_problem
+        from conceptlib.trainer.steps import save_step
+
+        vectors = engine.vectors()
+        if vectors_problem(vectors) is not None:
+            return  # the next checkpoint or the end reports the divergence
+        if sampled:
+            images = self.final_images
+        else:
+            self.report(step, None, phase="samples")
+            images = engine.generate(engine.templates[:2], seed=1000, steps=sample_steps)
+        save_step(self.dir, name=self.keep["config"]["name"], step=step, vectors=vectors,
+                  images=images, losses=self.losses, wall_time_s=self.wall(),
+                  run_facts=self.keep)  # fmt: skip
+        self.kept_steps.append(step)
+
+    def _all_kept(self, name: str) -> list[int]:
+        """Every step kept in the run folder (a resumed run's earlier ones too)."""
+        from conceptlib.trainer.steps import kept_steps
+
+        return kept_steps(self.dir, name) if self.kept_steps else []
 
     def _kept(self) -> str:
         if self.last_good is None:
@@ -862,7 +915,7 @@ class _Run:
             training_image_count=imgs.count, initializer=init, init_tokens=init_tokens,
             losses=self.losses, run_dir=self.dir, embedding_path=emb_path,
             loss_curve_path=self.dir / "loss.png", sample_paths=self.sample_paths,
-            grid_path=self.dir / "samples.png", resumed_from=self.resumed_from, log=self.lines,
+            grid_path=self.dir / "samples.png", kept_steps=self._all_kept(name), resumed_from=self.resumed_from, log=self.lines,
         )  # fmt: skip
 
 
