@@ -286,6 +286,49 @@ COVERAGE: dict[int, tuple[str, str, list[str]]] = {
         'test_civitai.py::test_info_skips_previews_that_are_not_images',
         'test_civitai.py::test_token_goes_to_the_endpoint_only',
     ]),
+    56: ('a FRAME ending inside an opcode (the frame trick), frames inside frames or past STOP', 'UnsafeFile / CorruptFile', [
+        'test_safe_pickle.py::test_the_frame_trick_is_unsafe_in_every_container',
+        'test_safe_pickle.py::test_malformed_frames_are_refused_before_torch',
+        'test_safe_pickle.py::test_a_frame_longer_than_the_file_is_corrupt',
+        'test_safe_pickle.py::test_refused_pickles_exit_with_one_line_and_change_nothing',
+        'test_reliability_pickle_corpus.py::test_every_payload_is_refused_and_none_runs',
+    ]),
+    57: ('a second pickle after STOP, in another .pkl member, in or after a legacy stream', 'UnsafeFile', [
+        'test_safe_pickle.py::test_a_second_pickle_after_stop_is_walked',
+        'test_safe_pickle.py::test_harmless_bytes_after_stop_are_still_corrupt',
+        'test_safe_pickle.py::test_a_threat_beats_every_structural_refusal',
+        'test_safe_pickle.py::test_literal_imports_are_found_at_any_offset',
+        'test_reliability_pickle_corpus.py::test_the_tricks_cover_every_container_they_hide_in',
+    ]),
+    58: ('a headerless pickle opening with V or S; text starting with such letters', 'UnsafeFile / UnknownFormat', [
+        'test_formats.py::test_a_headerless_pickle_opening_with_a_string_is_read_as_a_pickle',
+        'test_formats.py::test_unknown_format_says_what_it_saw',
+        'test_reliability_pickle_corpus.py::test_headerless_pickle_opening_with_a_string_is_named_unsafe',
+    ]),
+    59: ('Module.state_dict() files; other BUILDs on a dict', 'imported / UnsafeFile', [
+        'test_safe_pickle.py::test_module_state_dicts_are_not_called_hostile',
+        'test_safe_pickle.py::test_other_builds_on_a_dict_stay_unsafe',
+        'test_safe_pickle.py::test_build_only_on_an_ordered_dict_and_only_once',
+        'test_safe_pickle.py::test_a_state_dict_imports_through_the_cli',
+        'test_formats.py::test_an_embedding_state_dict_imports_like_the_same_tensor_in_a_dict',
+        'test_reliability_pickle_corpus.py::test_state_dict_files_are_not_called_hostile',
+    ]),
+    60: ('small files that would cost gigabytes (views, shared lists, zip and PNG inflation)', 'FileTooLarge / CorruptFile', [
+        'test_memory_bombs.py::test_every_bomb_is_refused_under_a_1_gib_limit',
+        'test_memory_bombs.py::test_each_bomb_is_one_error_line_and_changes_nothing',
+        'test_memory_bombs.py::test_a_folder_of_bombs_still_imports_its_good_file',
+        'test_safe_pickle.py::test_a_tensor_may_claim_no_more_elements_than_an_embedding_holds',
+        'test_safe_pickle.py::test_a_list_shared_a_million_times_stays_shared',
+        'test_safe_pickle.py::test_legacy_storage_views_are_checked',
+        'test_formats.py::test_repeated_png_text_chunks_share_one_text_budget',
+    ]),
+    61: ('inputs that made a reader raise a foreign exception', 'CorruptFile / plain tensor', [
+        'test_formats.py::test_safetensors_shapes_beyond_any_file_are_corrupt',
+        'test_safe_pickle.py::test_parameter_state_cannot_replace_tensor_methods',
+        'test_reliability_fuzz.py::test_generated_safetensors_headers_raise_only_our_errors',
+        'test_reliability_fuzz.py::test_generated_pickles_raise_only_our_errors',
+        'test_reliability_fuzz.py::test_generated_pngs_raise_only_our_errors',
+    ]),
 }  # fmt: skip
 
 

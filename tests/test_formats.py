@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import struct
 import tempfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -627,6 +628,12 @@ def test_bad_18_too_many_vectors() -> None:
         # text that happens to start like a protocol-0 pickle opener
         (b"cat toy\nhello world\n", "text (20 bytes)"),
         (b"(hello) there", "text (13 bytes)"),
+        # ... or with a string, number or None opcode (V, S, I, L, F, N, X...)
+        (b"Vacation toy photos\nfrom 2020\n", "text (30 bytes)"),
+        (b"S'hello' she said\n", "text (18 bytes)"),
+        (b"Internal toy notes.\n", "text (20 bytes)"),
+        (b"Not a toy.", "text (10 bytes)"),
+        (b"Look.\n.", "text (7 bytes)"),
     ],
 )
 def test_unknown_format_says_what_it_saw(data: bytes, looks: str) -> None:
@@ -743,3 +750,85 @@ def test_every_refusal_is_one_line_naming_the_file(tmp_path: Path) -> None:
         assert "where/it.pt" in message, message
         assert info.value.__class__.__module__ == "conceptlib.errors", message
     assert not (tmp_path / "s").exists()
+
+
+# --------------------------------------------------------------------------- issue 13
+
+
+@pytest.mark.parametrize("opener", ["V", "S"])
+@pytest.mark.parametrize("protocol", [0, 1])
+def test_a_headerless_pickle_opening_with_a_string_is_read_as_a_pickle(
+    opener: str, protocol: int, tmp_path: Path
+) -> None:
+    """Protocol 0/1 streams have no header; one that opens with V/S is still a pickle."""
+    sentinel = tmp_path / "sentinel"
+    text = f"touch {sentinel}"
+    if opener == "V":
+        evil = b"V" + text.encode() + b"\np0\n0cos\nsystem\n(g0\ntR."
+    else:
+        evil = b"S'" + text.encode() + b"'\np0\n0cos\nsystem\n(g0\ntR."
+    if protocol == 1:  # binary opcodes after the text opener
+        evil = evil.replace(b"(g0\ntR", b"(h\x00tR")
+    with pytest.raises(UnsafeFile, match=r"os\.system") as info:
+        read_embedding_bytes(evil, path="evil.pt")
+    assert "not executed" in str(info.value)
+    # a harmless one is a plain pickle, not an unknown format; a second pickle after it
+    # is walked too
+    with pytest.raises(UnsupportedContent, match="plain Python pickle"):
+        read_embedding_bytes(opener.encode() + b"'x'\n." if opener == "S" else b"Vx\n.")
+    with pytest.raises(UnsafeFile, match=r"os\.system"):
+        read_embedding_bytes(b"Vx\n." + evil)
+    assert not sentinel.exists()
+
+
+def test_an_embedding_state_dict_imports_like_the_same_tensor_in_a_dict(tmp_path: Path) -> None:
+    """``{"weight": [n, 768]}``: nn.Embedding's state_dict; "weight" names no trigger."""
+    vec = rand_vectors(3, 768, seed=4)
+    emb = torch.nn.Embedding(3, 768)
+    with torch.no_grad():
+        emb.weight.copy_(torch.from_numpy(vec))
+    for data in (torch_bytes(emb.state_dict()), torch_bytes({"weight": torch.from_numpy(vec)})):
+        parsed = read_embedding_bytes(data, path="style.pt")
+        assert (parsed.format, parsed.token) == ("diffusers", None)
+        np.testing.assert_array_equal(parsed.embedding.vectors["clip_l"], vec)
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [[0, 2**63 - 1], [0, 2**64], [2**40, 2**40, 0], [0, 16 * 1024 * 1024 + 1], [2**20, 2**20, 0]],
+)
+def test_safetensors_shapes_beyond_any_file_are_corrupt(shape: list[int]) -> None:
+    """Zero elements, but dimensions numpy cannot represent: refused from the header."""
+    data = raw_safetensors({"a": {"dtype": "F32", "shape": shape, "data_offsets": [0, 0]}})
+    with pytest.raises(CorruptFile, match="non-zero product is at most 16777216") as info:
+        read_embedding_bytes(data, path="dims.safetensors")
+    assert str(info.value).startswith("dims.safetensors: ") and len(str(info.value)) < 300
+    # a zero-size tensor with sane dimensions is read (and refused for its shape)
+    ok = raw_safetensors({"a": {"dtype": "F32", "shape": [0, 768], "data_offsets": [0, 0]}})
+    with pytest.raises(BadTensor, match="no vectors"):
+        read_embedding_bytes(ok)
+
+
+def _ztxt(text: bytes) -> bytes:
+    from conceptlib.registry.formats.png_embed import TEXT_KEY, _chunk
+
+    return _chunk(b"zTXt", TEXT_KEY.encode() + b"\x00\x00" + zlib.compress(text, 9))
+
+
+def test_repeated_png_text_chunks_share_one_text_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    from conceptlib.registry.formats import png_embed
+
+    vec = rand_vectors(1, 768, seed=2)
+    text = png_embed.embedding_text({"string_to_param": {"*": vec}, "name": "x"})
+    plain = png_embed.plain_png(8, 8)
+    same = png_embed.insert_chunks(plain, [_ztxt(text)] * 3)
+    np.testing.assert_array_equal(read_embedding_bytes(same).embedding.vectors["clip_l"], vec)
+    other = png_embed.embedding_text({"string_to_param": {"*": vec * 2}, "name": "x"})
+    differ = png_embed.insert_chunks(plain, [_ztxt(text), _ztxt(other), _ztxt(text)])
+    with pytest.raises(AmbiguousEmbedding, match="3 'sd-ti-embedding' chunks, 2 different"):
+        read_embedding_bytes(differ)
+    # each chunk under the cap, all of them together over it
+    monkeypatch.setattr(png_embed, "MAX_TEXT_BYTES", len(text) * 2 + 10)
+    with pytest.raises(FileTooLarge, match="in all") as info:
+        read_embedding_bytes(same, path="many.png")
+    assert str(info.value).startswith("many.png: ")

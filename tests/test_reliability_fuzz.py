@@ -36,6 +36,10 @@ from typing import Any
 import numpy as np
 import pytest
 from fixtures_formats import (
+    Call,
+    G,
+    in_legacy,
+    in_torch_zip,
     make_a1111_pt,
     make_diffusers_safetensors,
     make_emb_params_pt,
@@ -567,6 +571,250 @@ def test_seeds_are_valid() -> None:
         scan_pickle(members["data.pkl"])
         assert _rezip(*_zip_parts(data))  # the re-zipper keeps a loadable file
         safe_torch_load(_rezip(*_zip_parts(data)))
+
+
+# --------------------------------------------------------------------------- generated inputs
+
+#: Generated (not mutated) inputs: fewer, each reaching deeper (a 2-core CI budget).
+GENERATED = settings(FUZZ, max_examples=min(EXAMPLES, 150) if not LONG else EXAMPLES)
+
+#: Counts and sizes a hostile header or pickle may claim: small, exact, and absurd.
+claimed = st.one_of(
+    st.integers(0, 2048),
+    st.sampled_from(
+        [0, 1, 2, 75, 76, 768, 1024, 1280, 2**21, 2**31, 2**32, 2**40, 2**48, 2**63 - 1, 2**63,
+         2**64, 10**30, -1]
+    ),
+)  # fmt: skip
+ST_DTYPES = {"F32": 4, "F16": 2, "BF16": 2, "F64": 8, "I64": 8, "BOOL": 1, "Q9": 1}
+#: Shapes: any claimed counts, and often a zero among them (no bytes, any dimensions).
+claimed_shapes = st.one_of(
+    st.lists(claimed, max_size=4),
+    st.tuples(st.lists(claimed, min_size=1, max_size=3), st.integers(0, 3)).map(
+        lambda t: t[0][: t[1]] + [0] + t[0][t[1] :]
+    ),
+)
+
+
+@pytest.mark.timeout(TIMEOUT_S)
+def test_generated_safetensors_headers_raise_only_our_errors(traced: None) -> None:
+    """Shapes, dtypes and offsets drawn from absurd values, offsets often made consistent,
+    so the buffer reads (numpy) are reached: only ConceptlibError may escape."""
+    stats = Stats()
+
+    @GENERATED
+    @given(
+        entries=st.lists(
+            st.tuples(
+                st.sampled_from(["emb_params", "clip_l", "clip_g", "<tok>", "a" * 40]),
+                st.sampled_from(["F32", "F16", "BF16", "F64", *sorted(ST_DTYPES)]),
+                claimed_shapes,
+                st.lists(claimed, min_size=2, max_size=2),
+            ),
+            min_size=1,
+            max_size=3,
+        ),
+        tile=st.sampled_from([True, True, False]),
+        extra=st.integers(0, 8),
+    )
+    def run(entries: list, tile: bool, extra: int) -> None:
+        header: dict[str, Any] = {}
+        pos = 0
+        for key, dtype, shape, offsets in entries:
+            if tile:  # offsets that tile the buffer: the reader gets past the layout checks
+                count = int(np.prod([max(0, d) for d in shape], dtype=object)) if shape else 1
+                size = count * ST_DTYPES[dtype]
+                size = size if 0 <= size <= 4096 else offsets[1] % 4096
+                offsets = [pos, pos + size]
+                pos += size
+            header[key] = {"dtype": dtype, "shape": shape, "data_offsets": offsets}
+        body_len = pos if tile else max(0, min(8192, max(o for e in entries for o in e[3])))
+        head = json.dumps(header).encode()
+        data = struct.pack("<Q", len(head)) + head + bytes(body_len + (extra if not tile else 0))
+        check_input(read_embedding_bytes, data, stats)
+
+    run()
+    report_figures("fuzz-generated-safetensors", **stats.figures())
+    assert stats.inputs >= min(EXAMPLES, 100)
+
+
+_STORAGES = ["FloatStorage", "HalfStorage", "DoubleStorage", "BFloat16Storage", "LongStorage"]
+_ITEMSIZE = {"FloatStorage": 4, "HalfStorage": 2, "DoubleStorage": 8, "BFloat16Storage": 2,
+             "LongStorage": 8}  # fmt: skip
+#: Names a parameter's saved state may try to set (tensor methods and properties too).
+_ATTRIBUTES = ["detach", "float", "numpy", "to", "shape", "dtype", "__class__", "keys", "x"]
+
+
+@st.composite
+def _tensors(draw: st.DrawFn, keys: list[tuple[str, int]], legacy: bool, sane: bool = False) -> Any:
+    """A tensor, a parameter or a parameter with saved attributes; views sane or absurd."""
+    from pickle_tricks import D, tensor
+
+    storage = draw(st.sampled_from(_STORAGES))
+    if sane or draw(st.booleans()):  # a view torch.save would write
+        rows = draw(st.sampled_from([1, 2, 75, 76]))
+        width = draw(st.sampled_from([768, 1024, 1280]))
+        numel, shape, stride = rows * width, (rows, width), None
+    else:
+        numel = draw(claimed)
+        shape = tuple(draw(st.lists(claimed, max_size=3)))
+        stride = draw(st.none() | st.lists(claimed, min_size=len(shape), max_size=len(shape)))
+    key = str(len(keys))
+    keys.append((storage, numel))
+    node = tensor(key, numel, shape, None if stride is None else tuple(stride),
+                  storage=storage, legacy=legacy)  # fmt: skip
+    wrap = draw(st.sampled_from(["parameter-with-state", "tensor", "parameter"]))
+    hooks = Call(G("collections", "OrderedDict"))
+    if wrap == "parameter":
+        return Call(G("torch._utils", "_rebuild_parameter"), node, draw(st.booleans()), hooks)
+    if wrap == "parameter-with-state":
+        names = draw(st.lists(st.sampled_from(_ATTRIBUTES), min_size=1, max_size=3, unique=True))
+        state = D(tuple((name, draw(_leaves)) for name in names))
+        return Call(G("torch._utils", "_rebuild_parameter_with_state"), node, False, hooks, state)
+    return node
+
+
+_leaves = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**70), 2**70),
+    st.floats(allow_nan=True),
+    st.text(max_size=8),
+)
+
+
+@st.composite
+def _trees(draw: st.DrawFn, keys: list[tuple[str, int]], legacy: bool, depth: int = 0) -> Any:
+    from pickle_tricks import D, module_metadata
+
+    kind = draw(st.sampled_from(["leaf", "tensor", "dict", "tuple"] if depth < 3 else ["leaf"]))
+    if kind == "leaf":
+        return draw(_leaves)
+    if kind == "tensor":
+        return draw(_tensors(keys, legacy))
+    if kind == "tuple":
+        return tuple(draw(st.lists(_trees(keys, legacy, depth + 1), max_size=3)))
+    names = ["emb_params", "string_to_param", "*", "weight", "clip_l", "clip_g", "name", "step"]
+    items = tuple(
+        (draw(st.sampled_from(names)), draw(_trees(keys, legacy, depth + 1)))
+        for _ in range(draw(st.integers(0, 3)))
+    )
+    state = draw(
+        st.sampled_from(["none", "none", "metadata", "hostile"]) if depth == 0 else st.just("none")
+    )
+    built = {
+        "none": None,
+        "metadata": module_metadata("", "a"),
+        "hostile": D((("_metadata", D((("", D((("v", draw(_leaves)),))),))), ("items", 1))),
+    }[state]
+    return D(items, ordered=draw(st.booleans()) or built is not None, state=built)
+
+
+@pytest.mark.timeout(TIMEOUT_S)
+def test_generated_pickles_raise_only_our_errors(traced: None) -> None:
+    """Pickles built from the allowed constructs with absurd views, parameter states,
+    state-dict BUILDs, frames and second pickles, in a torch zip or a legacy stream."""
+    from pickle_tricks import D, benign_pickle
+    from pickle_tricks import assemble as assemble_tree
+
+    stats = Stats()
+
+    @GENERATED
+    @given(
+        data=st.data(),
+        protocol=st.sampled_from([2, 3, 4]),
+        container=st.sampled_from(["zip", "legacy"]),
+        exact_records=st.sampled_from([True, True, True, False]),
+        frame=st.sampled_from([None, None, None, 0, -1, 1]),
+        second=st.sampled_from([None, None, None, "benign", "junk"]),
+    )
+    def run(data: Any, protocol: int, container: str, exact_records: bool, frame: Any,
+            second: Any) -> None:  # fmt: skip
+        keys: list[tuple[str, int]] = []
+        legacy = container == "legacy"
+        top = data.draw(_trees(keys, legacy))
+        # always one tensor where the layouts look for it, beside whatever was drawn
+        main = ("emb_params", data.draw(_tensors(keys, legacy, sane=True)))
+        if isinstance(top, D):
+            top = D((main, *top.items), top.ordered, top.state)
+        else:
+            top = D((main, ("extra", top)))
+        pkl = assemble_tree(top, protocol)
+        if (
+            frame is not None and protocol >= 4
+        ):  # one frame round the body, its length off by `frame`
+            body = pkl[2:]
+            pkl = pkl[:2] + b"\x95" + struct.pack("<Q", max(0, len(body) + frame)) + body
+        if second == "benign":
+            pkl += benign_pickle()
+        elif second == "junk":
+            pkl += b"\xff junk"
+        records = {}
+        raw = b""
+        for i, (storage, numel) in enumerate(keys):
+            size = numel * _ITEMSIZE[storage] if 0 <= numel < 2**16 else 16
+            size = size if exact_records else size // 2 + 1
+            records[str(i)] = bytes(size)
+            raw += struct.pack("<Q", max(0, min(numel, 2**63))) + bytes(size)
+        if container == "zip":
+            blob = in_torch_zip(pkl, records=records)
+        else:
+            blob = in_legacy(pkl, [str(i) for i in range(len(keys))], raw)
+        check_input(read_embedding_bytes, blob, stats)
+
+    run()
+    report_figures("fuzz-generated-pickles", **stats.figures())
+    assert stats.inputs >= min(EXAMPLES, 100)
+
+
+_float_rows = st.lists(
+    st.lists(st.one_of(st.floats(allow_nan=True), st.integers(-(2**70), 2**70), st.text(max_size=2)),
+             max_size=4),
+    max_size=3,
+)  # fmt: skip
+
+
+@pytest.mark.timeout(TIMEOUT_S)
+def test_generated_pngs_raise_only_our_errors(traced: None) -> None:
+    """A1111 text chunks generated whole: several chunks, each kind, any JSON inside."""
+    from conceptlib.registry.formats import png_embed
+
+    stats = Stats()
+
+    @GENERATED
+    @given(
+        chunks=st.lists(
+            st.tuples(
+                st.sampled_from(["tEXt", "zTXt", "iTXt"]),
+                st.one_of(
+                    st.builds(
+                        lambda rows, name: {
+                            "string_to_param": {"*": {"TORCHTENSOR": rows}},
+                            "name": name,
+                        },
+                        _float_rows,
+                        json_values,
+                    ),
+                    json_values,
+                ),
+                st.booleans(),
+            ),
+            max_size=4,
+        ),
+        key=st.sampled_from([png_embed.TEXT_KEY, "parameters"]),
+    )
+    def run(chunks: list, key: str) -> None:
+        made = []
+        for kind, obj, as_base64 in chunks:
+            text = json.dumps(obj).encode()
+            made.append(png_embed.text_chunk(key, base64.b64encode(text) if as_base64 else text,
+                                             kind=kind))  # fmt: skip
+        data = png_embed.insert_chunks(png_embed.plain_png(8, 8), made)
+        check_input(read_embedding_bytes, data, stats)
+
+    run()
+    report_figures("fuzz-generated-png", **stats.figures())
+    assert stats.inputs >= min(EXAMPLES, 100)
 
 
 # --------------------------------------------------------------------------- found by hand

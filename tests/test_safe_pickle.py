@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import struct
 import subprocess
 import sys
 import textwrap
@@ -39,8 +40,21 @@ from fixtures_formats import (
 )
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pickle_tricks import (
+    D,
+    benign_pickle,
+    floats,
+    frame_declaring,
+    frame_trick,
+    framed,
+    module_metadata,
+    state_dict_file,
+    tensor,
+)
+from pickle_tricks import assemble as assemble_node
 
 from conceptlib.errors import (
+    AmbiguousEmbedding,
     BadTensor,
     CorruptFile,
     FileTooLarge,
@@ -528,3 +542,395 @@ def test_emptydict_and_raw_helpers_assemble() -> None:
     assert pickle.loads(assemble(Raw(b"N"), 2)) is None
     assert isinstance(EmptyDict(), EmptyDict)
     assert safe_pickle.is_pickle(data)
+
+
+# --------------------------------------------------------------------------- frames (issue 13)
+
+
+def _framed_wraps(data: bytes) -> dict[str, bytes]:
+    return {"raw": data, "torch-zip": in_torch_zip(data), "legacy": in_legacy(data)}
+
+
+@pytest.mark.parametrize("protocol", [4, 5])
+def test_the_frame_trick_is_unsafe_in_every_container(
+    protocol: int, tmp_path: Path, no_torch_load: list[bytes]
+) -> None:
+    """A call hidden past a FRAME's end (C unpickler: opcodes; linear reader: bytes)."""
+    sentinel = tmp_path / "sentinel"
+    trick = frame_trick(f"touch {sentinel}", protocol)
+    for container, data in _framed_wraps(trick).items():
+        with pytest.raises(UnsafeFile) as info:
+            safe_torch_load(data, path="f.pt")
+        message = str(info.value)
+        assert "os.system" in message and "frame trick" in message, container
+        assert "not executed" in message and "\n" not in message
+    assert no_torch_load == []
+    assert not sentinel.exists()
+
+
+def test_the_frame_trick_really_runs_under_the_c_unpickler(tmp_path: Path) -> None:
+    """Control (in a child Python): pickle.load from a file runs it; pickletools sees bytes."""
+    import pickletools
+
+    sentinel = tmp_path / "ran"
+    trick = frame_trick(f"touch {sentinel}")
+    ops = [op.name for op, _arg, _pos in pickletools.genops(trick)]
+    assert ops == ["PROTO", "FRAME", "SHORT_BINUNICODE", "SHORT_BINBYTES", "POP", "STOP"]
+    (tmp_path / "trick.pkl").write_bytes(trick)
+    script = "import io, pickle, sys; pickle.load(io.BytesIO(open(sys.argv[1], 'rb').read()))"
+    subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "trick.pkl")], timeout=60, check=False
+    )
+    assert sentinel.exists()
+
+
+@pytest.mark.parametrize(
+    ("data", "what"),
+    [
+        # an opcode running past the frame's end (no payload: still not readable alike)
+        (framed(b"\x8c\x04ab", tail=b"cd0N."), "runs past its frame's end"),
+        # a FRAME opened before the previous one ended
+        (framed(b"N\x95" + struct.pack("<Q", 2) + b"0N", tail=b"."), "opens inside another"),
+        # the frame around STOP goes on past it (the C unpickler would eat the rest)
+        (frame_declaring(4, b"N.N."), "continues past it"),
+    ],
+)
+def test_malformed_frames_are_refused_before_torch(
+    data: bytes, what: str, no_torch_load: list[bytes]
+) -> None:
+    for container, wrapped in _framed_wraps(data).items():
+        with pytest.raises(UnsafeFile, match="frame trick") as info:
+            safe_torch_load(wrapped, path="f.pt")
+        assert what in str(info.value), container
+    with pytest.raises(UnsafeFile, match=what):
+        scan_pickle(data)
+    assert no_torch_load == []
+
+
+def test_a_frame_longer_than_the_file_is_corrupt() -> None:
+    with pytest.raises(CorruptFile, match="declares 100 bytes but 2 follow"):
+        scan_pickle(frame_declaring(100, b"N."))
+
+
+def test_well_formed_frames_are_still_read() -> None:
+    """What pickle writes at protocol 4/5 (frames ending on opcode boundaries) walks clean."""
+    for protocol in (4, 5):
+        scan_pickle(pickle.dumps({"a": [1, 2.5, "x" * 70_000], "b": None}, protocol=protocol))
+    data = torch_bytes({"emb_params": torch.zeros(1, 768)}, protocol=4)
+    try:  # torch's weights-only loader refuses frames: explained, not called unsafe
+        safe_torch_load(data)
+    except UnsupportedContent as exc:
+        assert "protocol 4 or 5" in str(exc)
+
+
+# --------------------------------------------------------------------------- every pickle
+
+
+def _evil(tmp_path: Path, protocol: int = 2) -> bytes:
+    return malicious_pickle("os.system", tmp_path / "sentinel", protocol)
+
+
+def _a1111_parts() -> tuple[bytes, dict[str, bytes]]:
+    zf = zipfile.ZipFile(io.BytesIO(make_emb_params_pt(rand_vectors(1, 768))))
+    return zf.read("archive/data.pkl"), {"0": zf.read("archive/data/0")}
+
+
+def test_a_second_pickle_after_stop_is_walked(tmp_path: Path, no_torch_load: list[bytes]) -> None:
+    pkl, records = _a1111_parts()
+    evil = _evil(tmp_path)
+    legacy = make_emb_params_pt(rand_vectors(1, 768), legacy=True)
+    cases = {
+        "raw": benign_pickle() + evil,
+        "raw, protocol 0 first": b"N." + evil,
+        "zip, data.pkl": in_torch_zip(pkl + evil, records=records),
+        "zip, constants.pkl": in_torch_zip(
+            pkl, records=records, extra_names={"archive/constants.pkl": evil}
+        ),
+        "zip, another .pkl": in_torch_zip(
+            pkl, records=records, extra_names={"archive/extra.pkl": evil}
+        ),
+        "zip, a second pickle in constants.pkl": in_torch_zip(
+            pkl, records=records, extra_names={"archive/constants.pkl": benign_pickle() + evil}
+        ),
+        "legacy, after the storages": legacy + evil,
+        "legacy, in sys_info": in_legacy(pkl, ["0"]).replace(
+            pickle.dumps(
+                {
+                    "protocol_version": 1001,
+                    "little_endian": True,
+                    "type_sizes": {"short": 2, "int": 4, "long": 4},
+                },
+                protocol=2,
+            ),
+            evil,
+        ),
+    }
+    for case, data in cases.items():
+        with pytest.raises(UnsafeFile, match=r"os\.system") as info:
+            safe_torch_load(data, path="two.pt")
+        assert "not executed" in str(info.value), case
+    with pytest.raises(UnsafeFile, match=r"os\.system"):
+        scan_pickle(benign_pickle() + evil)
+    assert no_torch_load == []
+
+
+def test_harmless_bytes_after_stop_are_still_corrupt() -> None:
+    pkl, records = _a1111_parts()
+    for data in (
+        in_torch_zip(pkl + benign_pickle(), records=records),
+        in_torch_zip(pkl + b"junk", records=records),
+    ):
+        with pytest.raises(CorruptFile, match="after STOP"):
+            safe_torch_load(data)
+    with pytest.raises(CorruptFile, match="after STOP"):
+        scan_pickle(benign_pickle() + benign_pickle())
+    legacy = make_emb_params_pt(rand_vectors(1, 768), legacy=True)
+    with pytest.raises(CorruptFile, match="unexpected bytes at the end"):
+        safe_torch_load(legacy + benign_pickle())
+    with pytest.raises(UnsupportedContent, match="TorchScript"):
+        safe_torch_load(
+            in_torch_zip(pkl, records=records, extra_names={"archive/constants.pkl": pkl})
+        )
+
+
+def test_a_threat_beats_every_structural_refusal(tmp_path: Path) -> None:
+    """A damaged container that holds a forbidden import is unsafe, not merely corrupt."""
+    pkl, records = _a1111_parts()
+    evil = _evil(tmp_path)
+    hidden = in_torch_zip(pkl, records=records, extra_names={"archive/evil.bin": b"x"})
+    cases = {
+        # a bad CRC on the member holding the payload (stored: visible in the raw bytes)
+        "bad CRC": zip_with_bad_crc(in_torch_zip(evil, records=records), b"touch"),
+        # payload, then a stream no reader can follow, then more junk
+        "broken tail": in_torch_zip(with_broken_tail(evil), records=records),
+        # a zip so broken it cannot be opened (no central directory), payload stored
+        "no central directory": in_torch_zip(evil)[: in_torch_zip(evil).index(b"PK\x01\x02")],
+        # torch's legacy magic, then a plain pickle with a call after a broken pickle
+        "legacy, broken first": in_legacy(b"\x80\x02\xff" + evil),
+        # storages that do not match (structural) with a payload in the keys pickle
+        "legacy keys": in_legacy(pkl, ["0"])[: -len(pickle.dumps([], protocol=2))] + evil,
+    }
+    for case, data in cases.items():
+        with pytest.raises(UnsafeFile, match=r"os\.system"):
+            safe_torch_load(data, path=case)
+    with pytest.raises(UnsafeFile, match="not a PyTorch record"):
+        safe_torch_load(hidden)
+
+
+def test_literal_imports_are_found_at_any_offset() -> None:
+    hidden = b"\x00junk" + b"\x8c\x02os\x94\x8c\x06system\x94\x93" + b"more" + b"cposix\nsystem\n"
+    found = safe_pickle.literal_imports(hidden)
+    assert ("posix", "system") in found and ("os", "system") in found
+    # names that only look like strings are confirmed by reading their opcodes
+    assert safe_pickle.literal_imports(b"\x8c\x05os\x8c\x06system\x93") == []
+    assert safe_pickle.literal_imports(b"plain text\nwith lines\n") == []
+
+
+# --------------------------------------------------------------------------- state dicts
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
+def test_module_state_dicts_are_not_called_hostile(legacy: bool) -> None:
+    """torch.save(nn.Embedding(n, 768).state_dict()): an OrderedDict with _metadata."""
+    emb = torch.nn.Embedding(3, 768)
+    torch.nn.init.normal_(emb.weight, std=0.02)
+    data = torch_bytes(emb.state_dict(), legacy=legacy)
+    parsed = read_embedding_bytes(data, path="state.pt")
+    assert (parsed.format, parsed.token) == ("diffusers", None)
+    np.testing.assert_array_equal(parsed.embedding.vectors["clip_l"], emb.weight.detach().numpy())
+    # the same file, written by hand, with several modules' metadata
+    assert read_embedding_bytes(state_dict_file(module_metadata("", "a", "a.b"), legacy=legacy))
+    # other state dicts are what their tensors make them, never UnsafeFile
+    with pytest.raises(AmbiguousEmbedding):
+        read_embedding_bytes(torch_bytes(torch.nn.Linear(4, 768).state_dict(), legacy=legacy))
+
+
+@pytest.mark.parametrize(
+    "state",
+    [
+        D((("items", 5),)),  # would shadow a dict method
+        D((("_metadata", G("os", "system")),)),
+        D((("_metadata", D((("", Call(G("builtins", "eval"), "1")),))),)),
+        D((("_metadata", D((("", D((("v", PersId(("evil",))),))),))),)),
+        D((("_metadata", D()), ("extra", 1))),
+        D((("_metadata", "not a dict"),)),
+        D((("_metadata", D((("", D((("v", D((("deeper", 1),))),))),))),)),
+    ],
+    ids=["items", "global", "call", "persid", "extra-key", "str", "too-deep"],
+)
+def test_other_builds_on_a_dict_stay_unsafe(state: D, no_torch_load: list[bytes]) -> None:
+    with pytest.raises(UnsafeFile, match="BUILD|os.system|builtins.eval|persistent id"):
+        safe_torch_load(state_dict_file(state))
+    assert no_torch_load == []
+
+
+def test_build_only_on_an_ordered_dict_and_only_once() -> None:
+    plain = D((("weight", tensor()),), False, module_metadata(""))
+    with pytest.raises(UnsafeFile, match="BUILD"):
+        safe_torch_load(in_torch_zip(assemble_node(plain), records={"0": floats(2 * 768)}))
+    twice = assemble_node(D((("weight", tensor()),), True, module_metadata("")))[:-1]
+    twice += assemble_node(module_metadata(""))[2:-1] + b"b."
+    with pytest.raises(UnsafeFile, match="BUILD"):
+        safe_torch_load(in_torch_zip(twice, records={"0": floats(2 * 768)}))
+
+
+# --------------------------------------------------------------------------- what loading returns
+
+
+@pytest.mark.parametrize("attribute", ["detach", "float", "numpy", "to", "__class__", "keys"])
+def test_parameter_state_cannot_replace_tensor_methods(attribute: str) -> None:
+    """_rebuild_parameter_with_state sets attributes; they never reach the readers."""
+    state = D(((attribute, 5),))
+    param = Call(
+        G("torch._utils", "_rebuild_parameter_with_state"),
+        tensor(numel=768, shape=(1, 768)),
+        False,
+        Call(G("collections", "OrderedDict")),
+        state,
+    )
+    data = in_torch_zip(assemble_node(D((("emb_params", param),))), records={"0": floats(768)})
+    try:
+        obj = safe_torch_load(data, path="p.pt")
+    except CorruptFile as exc:  # torch itself refuses some (__class__ = 5)
+        assert "PyTorch could not read" in str(exc)
+        return
+    assert type(obj["emb_params"]) is torch.Tensor
+    parsed = read_embedding_bytes(data, path="p.pt")
+    assert parsed.embedding.vectors["clip_l"].shape == (1, 768)
+
+
+def test_a_list_shared_a_million_times_stays_shared() -> None:
+    """Memo references: 7 KB of pickle naming one list 10^6 times; loading copies none."""
+    import time
+
+    inner = list(range(1000))
+    shared = [[inner] * 1000] * 1000
+    data = torch_bytes({"emb_params": torch.zeros(1, 768) + 0.01, "x": shared})
+    assert len(data) < 20_000
+    started = time.perf_counter()
+    obj = safe_torch_load(data)
+    assert obj["x"][0] is obj["x"][1] and obj["x"][0][0] is obj["x"][999][999]
+    parsed = read_embedding_bytes(data, path="shared.pt")
+    assert "x" not in parsed.metadata  # too many values to keep as metadata
+    assert time.perf_counter() - started < 10
+
+
+# --------------------------------------------------------------------------- tensor views
+
+
+def test_a_tensor_may_claim_no_more_elements_than_an_embedding_holds(
+    no_torch_load: list[bytes],
+) -> None:
+    """75 vectors x 1280 x 3 encoders per tensor; all views together within the storage cap."""
+    cap = safe_pickle.MAX_TENSOR_ELEMENTS
+    assert cap == 75 * 1280 * 3
+    rows = cap // 768 + 1  # one row more than the cap, from a single stored row (stride 0)
+    over = in_torch_zip(
+        tensor_pickle(numel=768, shape=(rows, 768), stride=(0, 1)),
+        records={"0": bytes(768 * 4)},
+    )
+    with pytest.raises(FileTooLarge, match=f"expected at most {cap}"):
+        safe_torch_load(over, path="v.pt")
+    items = tuple((f"t{i}", tensor(numel=768, shape=(75, 768), stride=(0, 1))) for i in range(100))
+    many = in_torch_zip(assemble_node(D(items)), records={"0": bytes(768 * 4)})
+    with pytest.raises(FileTooLarge, match="claim .* bytes in all"):
+        safe_torch_load(many, path="v.pt")
+    assert no_torch_load == []
+
+
+def test_legacy_storage_views_are_checked() -> None:
+    def legacy_view(view: object, shape: tuple[int, ...] = (1, 768)) -> bytes:
+        pid = PersId(("storage", G("torch", "FloatStorage"), "0", "cpu", 1536, view))
+        node = Call(
+            G("torch._utils", "_rebuild_tensor_v2"),
+            pid,
+            0,
+            shape,
+            (768, 1)[-len(shape) :] if len(shape) == 2 else (1,),
+            False,
+            Call(G("collections", "OrderedDict")),
+        )
+        pkl = assemble_node(D((("emb_params", node),)))
+        return in_legacy(pkl, ["0"], struct.pack("<Q", 1536) + floats(1536))
+
+    with pytest.raises(CorruptFile, match="view"):
+        safe_torch_load(legacy_view(("9", 1000, 768)))  # the slice passes the storage
+    with pytest.raises(CorruptFile, match="reaches element"):
+        safe_torch_load(legacy_view(("9", 0, 100)))  # the tensor passes the slice
+
+
+# --------------------------------------------------------------------------- through the CLI
+
+#: name -> (bytes from the sentinel path, exit code, fragment of the one error line)
+PICKLE_REFUSALS = {
+    "frame-trick-raw": (lambda s: frame_trick(f"touch {s}"), 4, "os.system"),
+    "frame-trick-zip": (lambda s: in_torch_zip(frame_trick(f"touch {s}", 5)), 4, "frame trick"),
+    "frame-trick-legacy": (lambda s: in_legacy(frame_trick(f"touch {s}")), 4, "os.system"),
+    "second-pickle-raw": (
+        lambda s: benign_pickle() + malicious_pickle("os.system", s, 2),
+        4,
+        "os.system",
+    ),
+    "second-pickle-zip-member": (
+        lambda s: in_torch_zip(
+            _a1111_parts()[0],
+            records=_a1111_parts()[1],
+            extra_names={"archive/constants.pkl": malicious_pickle("os.system", s, 4)},
+        ),
+        4,
+        "os.system",
+    ),
+    "string-opener": (
+        lambda s: b"V" + f"touch {s}".encode() + b"\np0\n0cos\nsystem\n(g0\ntR.",
+        4,
+        "os.system",
+    ),
+    "state-dict-hostile-build": (lambda s: state_dict_file(D((("items", 5),))), 4, "BUILD"),
+    "frame-overrunning-file": (lambda s: in_torch_zip(frame_declaring(99, b"N.")), 3, "FRAME"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(PICKLE_REFUSALS))
+def test_refused_pickles_exit_with_one_line_and_change_nothing(
+    case: str, tmp_path: Path, lib, catalog_snapshot
+) -> None:
+    from click.testing import CliRunner
+
+    from conceptlib.cli.main import cli
+    from conceptlib.registry.samples import sample_embedding
+
+    lib.add_embedding(sample_embedding("sd1", 1, 9), name="existing")
+    home = lib.settings.home
+    lib.close()
+    build, code, fragment = PICKLE_REFUSALS[case]
+    sentinel = tmp_path / "sentinel"
+    path = tmp_path / "file.pt"
+    path.write_bytes(build(sentinel))
+    store = sorted(p.name for p in (home / "store").rglob("*") if p.is_file())
+    before = catalog_snapshot(home)
+    res = CliRunner().invoke(cli, ["import", str(path)])
+    lines = res.output.strip().splitlines()
+    assert res.exit_code == code, res.output
+    assert lines[0].startswith("error: ") and fragment in lines[0], lines
+    assert sum(line.startswith("error:") for line in lines) == 1
+    assert catalog_snapshot(home) == before
+    assert sorted(p.name for p in (home / "store").rglob("*") if p.is_file()) == store
+    assert not sentinel.exists()
+
+
+def test_a_state_dict_imports_through_the_cli(tmp_path: Path, lib) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from conceptlib.cli.main import cli
+
+    emb = torch.nn.Embedding(2, 768)
+    torch.nn.init.normal_(emb.weight, std=0.02)
+    path = tmp_path / "my-style.pt"
+    path.write_bytes(torch_bytes(emb.state_dict()))
+    lib.close()
+    res = CliRunner().invoke(cli, ["import", str(path), "--json"])
+    assert res.exit_code == 0, res.output
+    (o,) = json.loads(res.output)["files"]
+    assert (o["status"], o["name"], o["token"]) == ("imported", "my-style", "my-style")

@@ -6,8 +6,10 @@ back:
 - :mod:`.embedding`: the canonical value (slots, family, tensor hash, short hashes).
 - :mod:`.read`: container and layout detection by content; every layout we read.
 - :mod:`.write`: every layout we write.
-- :mod:`.safe_pickle`: the opcode allow-list walk that every pickle passes before
-  ``torch.load(weights_only=True)``.
+- :mod:`.safe_pickle`: ``safe_torch_load``: every pickle walked, then
+  ``torch.load(weights_only=True)``; :mod:`.pickle_walk` (the opcode allow-list
+  walk), :mod:`.torch_containers` (torch zip and legacy stream) and
+  :mod:`.literal_imports` (imports in bytes the walk could not read) behind it.
 - :mod:`.sniff`: torch zip, pickle, 7z and tar recognised by their first bytes.
 - :mod:`.safetensors_io`: a strict safetensors reader and writer.
 - :mod:`.png_embed`: A1111's embedding images (PNG text chunk; PNG and WebP pixel

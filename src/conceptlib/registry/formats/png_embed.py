@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import io
 import json
 import struct
@@ -51,7 +52,9 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 TEXT_KEY = "sd-ti-embedding"
 #: Largest chunk accepted; an embedding's base64 JSON is at most a few MB.
 MAX_CHUNK_BYTES = 16 * 1024 * 1024
-#: Largest decoded text (after zTXt/iTXt decompression) of the embedding chunk.
+#: Largest decoded text (after zTXt/iTXt decompression) of the embedding chunk, and of
+#: all ``sd-ti-embedding`` chunks of one file together (a PNG may repeat the chunk;
+#: a hundred small compressed copies must not cost a hundred times this).
 MAX_TEXT_BYTES = 16 * 1024 * 1024
 MAX_CHUNKS = 100_000
 #: Largest side and pixel count decoded when looking for the side-strip encoding. A
@@ -116,22 +119,44 @@ def iter_png_chunks(data: bytes, *, path: str | None = None) -> Iterator[tuple[b
         pos = end
 
 
-def _inflate(blob: bytes, what: str, path: str | None, *, whole: bool = False) -> bytes:
-    """zlib-inflate ``blob`` to at most :data:`MAX_TEXT_BYTES`; ``whole``: the stream must end."""
+def _inflate(
+    blob: bytes,
+    what: str,
+    path: str | None,
+    *,
+    whole: bool = False,
+    limit: int = MAX_TEXT_BYTES,
+) -> bytes:
+    """zlib-inflate ``blob`` to at most ``limit`` bytes; ``whole``: the stream must end.
+
+    Never produces more than ``limit + 1`` bytes, whatever the stream claims.
+    """
     inflater = zlib.decompressobj()
     try:
-        out = inflater.decompress(blob, MAX_TEXT_BYTES + 1)
+        out = inflater.decompress(blob, limit + 1)
     except zlib.error as exc:
         raise CorruptFile(f"{what} does not decompress ({exc})", path=path) from None
-    if len(out) > MAX_TEXT_BYTES or inflater.unconsumed_tail:
+    if len(out) > limit or inflater.unconsumed_tail:
+        if limit < MAX_TEXT_BYTES:
+            raise FileTooLarge(
+                f"{what} and the {TEXT_KEY!r} chunks before it decompress to more than "
+                f"{MAX_TEXT_BYTES} bytes in all",
+                path=path,
+            )
         raise FileTooLarge(f"{what} decompresses to more than {MAX_TEXT_BYTES} bytes", path=path)
     if whole and not inflater.eof:
         raise CorruptFile(f"{what} is truncated (its zlib stream does not end)", path=path)
     return out
 
 
-def _text_of(ctype: bytes, body: bytes, path: str | None) -> tuple[str, bytes | None]:
-    """Keyword and raw text of a text chunk; the text only for ``sd-ti-embedding``."""
+def _text_of(
+    ctype: bytes, body: bytes, path: str | None, limit: int = MAX_TEXT_BYTES
+) -> tuple[str, bytes | None]:
+    """Keyword and raw text of a text chunk; the text only for ``sd-ti-embedding``.
+
+    A compressed text is inflated to at most ``limit`` bytes (what is left of the
+    file's budget).
+    """
     key_raw, sep, rest = body.partition(b"\x00")
     if not sep:
         raise CorruptFile(f"PNG {ctype.decode('ascii', 'replace')} chunk has no keyword", path=path)
@@ -144,7 +169,7 @@ def _text_of(ctype: bytes, body: bytes, path: str | None) -> tuple[str, bytes | 
     if ctype == b"zTXt":
         if not rest or rest[0] != 0:
             raise CorruptFile(f"{what} uses an unknown compression method", path=path)
-        return key, _inflate(rest[1:], what, path)
+        return key, _inflate(rest[1:], what, path, limit=limit)
     # iTXt: flag, method, language\0, translated keyword\0, UTF-8 text
     if len(rest) < 2:
         raise CorruptFile(f"{what} is truncated", path=path)
@@ -156,14 +181,15 @@ def _text_of(ctype: bytes, body: bytes, path: str | None) -> tuple[str, bytes | 
     if flag:
         if method != 0:
             raise CorruptFile(f"{what} uses an unknown compression method", path=path)
-        text = _inflate(text, what, path)
+        text = _inflate(text, what, path, limit=limit)
     return key, text
 
 
 def _tensor_hook(obj: dict[str, Any]) -> Any:
     if "TORCHTENSOR" in obj:
         try:
-            return np.asarray(obj["TORCHTENSOR"], dtype=np.float64).astype(np.float32)
+            with np.errstate(over="ignore"):  # beyond float32: Inf, refused as a BadTensor
+                return np.asarray(obj["TORCHTENSOR"], dtype=np.float64).astype(np.float32)
         except (ValueError, TypeError, OverflowError):
             raise BadTensor(
                 "TORCHTENSOR value is not a rectangular array of numbers; expected [[float, ...], ...]"
@@ -359,21 +385,40 @@ def read_png_embedding(data: bytes, *, path: str | None = None) -> dict[str, Any
         FileTooLarge: oversized chunks, decompressed text, image dimensions or strip data.
         UnsupportedContent: a PNG with neither the chunk nor the strips (a plain image).
         AmbiguousEmbedding: several ``sd-ti-embedding`` chunks that differ.
+
+    Memory: only the first chunk's text is kept (the others are compared by their
+    SHA-256 as they come), and all the chunks' texts together may inflate to at most
+    :data:`MAX_TEXT_BYTES`; so a small PNG repeating a compressed chunk costs at most
+    that, not that times the number of chunks.
     """
-    found: list[bytes] = []
+    first: bytes | None = None
+    digests: set[bytes] = set()
+    count = 0
+    budget = MAX_TEXT_BYTES
     for ctype, body in iter_png_chunks(data, path=path):
         if ctype in (b"tEXt", b"zTXt", b"iTXt"):
-            _key, text = _text_of(ctype, body, path)
-            if text is not None:
-                found.append(text)
-    if len(set(found)) > 1:
+            _key, text = _text_of(ctype, body, path, limit=budget)
+            if text is None:
+                continue
+            if len(text) > budget:
+                raise FileTooLarge(
+                    f"PNG's {TEXT_KEY!r} chunks hold more than {MAX_TEXT_BYTES} bytes of text "
+                    "in all",
+                    path=path,
+                )
+            budget -= len(text)
+            count += 1
+            digests.add(hashlib.sha256(text).digest())
+            if first is None:
+                first = text
+    if len(digests) > 1:
         raise AmbiguousEmbedding(
-            f"PNG has {len(found)} different {TEXT_KEY!r} chunks; expected one",
+            f"PNG has {count} {TEXT_KEY!r} chunks, {len(digests)} different; expected one",
             path=path,
-            candidates=[f"chunk {i}" for i in range(len(found))],
+            candidates=[f"chunk {i}" for i in range(min(count, 16))],
         )
-    if found:
-        return decode_embedding_text(found[0], path=path)
+    if first is not None:
+        return decode_embedding_text(first, path=path)
     obj = read_strip_embedding(data, "PNG", path=path)
     if obj is None:
         raise UnsupportedContent(

@@ -89,8 +89,18 @@ SDXL_MAIN_NAMES = ("learned_embeds.safetensors", "learned_embeds.bin")
 SDXL_COMPANION_NAMES = ("learned_embeds_2.safetensors", "learned_embeds_2.bin")
 
 
-#: Keys that name a layout, not a trigger token.
-_GENERIC_KEYS = {"*", "emb_params", "clip_l", "clip_h", "clip_g", "embedding", "string_to_param.*"}
+#: Keys that name a layout, not a trigger token. ``weight`` is the key of
+#: ``torch.nn.Embedding(n, d).state_dict()``: the parameter's name, not a trigger.
+_GENERIC_KEYS = {
+    "*",
+    "emb_params",
+    "clip_l",
+    "clip_h",
+    "clip_g",
+    "embedding",
+    "string_to_param.*",
+    "weight",
+}
 #: Two-tensor namings of an SDXL pair (assigned to slots by width, not by name).
 _SDXL_PAIR_KEYS = (
     frozenset({"clip_l", "clip_g"}),
@@ -163,8 +173,22 @@ def _describe_tensors(tensors: Mapping[str, Any], limit: int = 6) -> str:
     return ", ".join(items)
 
 
-def _jsonable(value: Any, depth: int = 0) -> tuple[bool, Any]:
-    if depth > 8:
+#: Most values one metadata entry may hold once written out as JSON: a pickle can
+#: share one list a thousand times over in a few bytes (memo references), which
+#: written out would be billions of values.
+MAX_METADATA_NODES = 10_000
+
+
+def _jsonable(value: Any, depth: int = 0, budget: list[int] | None = None) -> tuple[bool, Any]:
+    """``(True, JSON-safe copy)`` of plain data, or ``(False, None)``.
+
+    Not JSON-safe: other types, nesting deeper than 8, or more than
+    :data:`MAX_METADATA_NODES` values in all (``budget`` counts them down).
+    """
+    if budget is None:
+        budget = [MAX_METADATA_NODES]
+    budget[0] -= 1
+    if depth > 8 or budget[0] < 0:
         return False, None
     if value is None or isinstance(value, (bool, int, str)):
         return True, value
@@ -173,7 +197,7 @@ def _jsonable(value: Any, depth: int = 0) -> tuple[bool, Any]:
     if isinstance(value, (list, tuple)):
         out = []
         for item in value:
-            ok, conv = _jsonable(item, depth + 1)
+            ok, conv = _jsonable(item, depth + 1, budget)
             if not ok:
                 return False, None
             out.append(conv)
@@ -181,7 +205,7 @@ def _jsonable(value: Any, depth: int = 0) -> tuple[bool, Any]:
     if isinstance(value, Mapping):
         out_d: dict[str, Any] = {}
         for k, v in value.items():
-            ok, conv = _jsonable(v, depth + 1)
+            ok, conv = _jsonable(v, depth + 1, budget)
             if not ok or not isinstance(k, (str, int)):
                 return False, None
             out_d[str(k)] = conv

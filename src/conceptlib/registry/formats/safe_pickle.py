@@ -156,49 +156,72 @@ def _torch_load_checked(data: bytes, findings: Findings, path: str | None) -> An
         raise UnsupportedContent(
             f"PyTorch's weights-only loader refused the file ({first[:200]})", path=path
         ) from None
-    except (
-        RuntimeError,
-        ValueError,
-        EOFError,
-        OSError,
-        KeyError,
-        TypeError,
-        AttributeError,
-    ) as exc:
+    except MemoryError:
+        raise FileTooLarge("PyTorch ran out of memory reading the file", path=path) from None
+    except Exception as exc:  # the walk proved the file harmless: any failure is damage
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CorruptFile(f"PyTorch could not read the file ({first[:200]})", path=path) from None
-    return _plain(obj, path, depth=0)
+    return _plain(obj, path)
 
 
-def _plain(obj: Any, path: str | None, depth: int) -> Any:
-    """Check the loaded tree holds only plain data and tensors; unwrap ParameterDicts."""
+def _plain(obj: Any, path: str | None) -> Any:
+    """The loaded tree as plain dicts, lists, tuples and tensors; ParameterDicts unwrapped.
+
+    Each object is converted once (by identity), so a tree that shares one list a
+    thousand times over (memo references cost a few bytes each in the pickle) stays a
+    shared tree instead of being copied out to billions of nodes. Tensors come back
+    through the unbound ``torch.Tensor.detach``, as plain tensors: attributes a
+    parameter carried in its saved state (``{"detach": 5}``) can replace no method.
+    Dicts are read with the unbound ``dict.items`` for the same reason.
+
+    Raises:
+        UnsupportedContent: nesting deeper than 32, or an object of another type.
+    """
     import torch
 
-    if depth > 32:
-        raise UnsupportedContent("file nests containers more than 32 deep", path=path)
-    if obj is None or isinstance(obj, (bool, int, float, str, bytes)):
-        return obj
-    if isinstance(obj, torch.Tensor):
-        return obj.detach()
-    if isinstance(obj, _ParameterDictState):
-        state = getattr(obj, "state", None)
-        params = state.get("_parameters") if isinstance(state, dict) else None
-        if not isinstance(params, dict):
+    done: dict[int, Any] = {}
+    alive: list[Any] = []  # keeps every converted object alive, so ids stay unique
+
+    def convert(value: Any, depth: int) -> Any:
+        if value is None or isinstance(value, (bool, int, float, str, bytes)):
+            return value
+        if id(value) in done:
+            return done[id(value)]
+        if depth > 32:
+            raise UnsupportedContent("file nests containers more than 32 deep", path=path)
+        alive.append(value)
+        out: Any
+        if isinstance(value, torch.Tensor):
+            out = torch.Tensor.detach(value)
+        elif isinstance(value, _ParameterDictState):
+            state = vars(value).get("state")
+            params = dict.get(state, "_parameters") if isinstance(state, dict) else None
+            if not isinstance(params, dict):
+                raise UnsupportedContent(
+                    "ParameterDict without _parameters; expected tensors", path=path
+                )
+            out = done[id(value)] = ParameterDictContents()
+            for key, item in dict.items(params):
+                if item is not None:
+                    out[key] = convert(item, depth + 1)
+        elif isinstance(value, dict):
+            out = done[id(value)] = {}
+            for key, item in dict.items(value):
+                out[key] = convert(item, depth + 1)
+        elif isinstance(value, list):
+            out = done[id(value)] = []
+            out.extend(convert(item, depth + 1) for item in list.__iter__(value))
+        elif isinstance(value, tuple):
+            out = tuple(convert(item, depth + 1) for item in tuple.__iter__(value))
+        elif isinstance(value, (set, frozenset)):
+            out = value
+        else:
             raise UnsupportedContent(
-                "ParameterDict without _parameters; expected tensors", path=path
+                f"file holds a {type(value).__module__}.{type(value).__qualname__}; expected "
+                "tensors in dicts",
+                path=path,
             )
-        out = ParameterDictContents()
-        for key, value in params.items():
-            if value is not None:
-                out[key] = _plain(value, path, depth + 1)
+        done[id(value)] = out
         return out
-    if isinstance(obj, dict):
-        return {k: _plain(v, path, depth + 1) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_plain(v, path, depth + 1) for v in obj)
-    if isinstance(obj, (set, frozenset)):
-        return obj
-    raise UnsupportedContent(
-        f"file holds a {type(obj).__module__}.{type(obj).__qualname__}; expected tensors in dicts",
-        path=path,
-    )
+
+    return convert(obj, 0)

@@ -17,10 +17,15 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from conceptlib.config import MAX_EMBEDDING_FILE_BYTES
 from conceptlib.errors import BadTensor, CorruptFile, FileTooLarge
 
 #: Headers of real embedding files are a few hundred bytes.
 MAX_HEADER_BYTES = 1 << 20
+#: No dimension, and no product of the non-zero dimensions, may exceed the file cap:
+#: a tensor cannot hold more elements than the file has bytes, and a zero-element
+#: tensor with a dimension of 2**63 is a shape numpy cannot even represent.
+MAX_ELEMENTS = MAX_EMBEDDING_FILE_BYTES
 
 DTYPES: dict[str, np.dtype] = {
     "F64": np.dtype("<f8"),
@@ -54,6 +59,24 @@ def looks_like_safetensors(data: bytes) -> bool:
     if n < MAGIC_MIN_HEADER:
         return False
     return data[8:9] == b"{"
+
+
+def _brief(value: object) -> str:
+    """A bounded repr for messages: header values are untrusted and may be huge."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _shape_fits(shape: list[int]) -> bool:
+    """Each dimension and the product of the non-zero ones at most :data:`MAX_ELEMENTS`."""
+    product = 1
+    for dim in shape:
+        if dim > MAX_ELEMENTS:
+            return False
+        product *= max(dim, 1)
+        if product > MAX_ELEMENTS:
+            return False
+    return True
 
 
 def _no_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:
@@ -111,14 +134,21 @@ def parse_header(data: bytes) -> tuple[dict[str, dict], dict[str, str], int]:
             or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape)
             or len(shape) > 8
         ):
-            raise CorruptFile(f"safetensors entry {key!r} has an invalid shape {shape!r}")
+            raise CorruptFile(f"safetensors entry {key!r} has an invalid shape {_brief(shape)}")
+        if not _shape_fits(shape):
+            raise CorruptFile(
+                f"safetensors entry {key!r} has shape {_brief(shape)}; expected dimensions whose "
+                f"non-zero product is at most {MAX_ELEMENTS} (the file size cap)"
+            )
         if (
             not isinstance(offsets, list)
             or len(offsets) != 2
             or not all(isinstance(o, int) and not isinstance(o, bool) and o >= 0 for o in offsets)
             or offsets[0] > offsets[1]
         ):
-            raise CorruptFile(f"safetensors entry {key!r} has invalid data_offsets {offsets!r}")
+            raise CorruptFile(
+                f"safetensors entry {key!r} has invalid data_offsets {_brief(offsets)}"
+            )
         entries[key] = {"dtype": dtype, "shape": shape, "offsets": (offsets[0], offsets[1])}
     buffer_len = len(data) - 8 - n
     # The spans must tile the buffer exactly: no gaps, no overlaps, nothing after.
