@@ -94,7 +94,9 @@ def text_tokens(text: str, tokenizer: Any | None = None) -> tuple[int, bool]:
     if not text.strip():
         return 0, True
     if tokenizer is not None:
-        ids = tokenizer(text, add_special_tokens=False, truncation=False)["input_ids"]
+        ids = tokenizer(text, add_special_tokens=False, truncation=False, verbose=False)[
+            "input_ids"
+        ]
         return len(ids), True
     return len(_PIECES.findall(text)), False
 

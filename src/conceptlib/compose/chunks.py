@@ -95,7 +95,9 @@ def text_pieces(text: str, tokenizer: Any | None) -> tuple[list[str], bool]:
     if not text.strip():
         return [], True
     if tokenizer is not None:
-        ids = tokenizer(text, add_special_tokens=False, truncation=False)["input_ids"]
+        ids = tokenizer(text, add_special_tokens=False, truncation=False, verbose=False)[
+            "input_ids"
+        ]
         return list(tokenizer.convert_ids_to_tokens(ids)), True
     return _PIECES.findall(text), False
 
