@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_support import import_is_refused
 from click.testing import CliRunner
 from fixtures_formats import (
     in_torch_zip,
@@ -381,10 +382,6 @@ def runner() -> CliRunner:
     return CliRunner()
 
 
-def _store_files(home: Path) -> list[str]:
-    return sorted(str(p.relative_to(home)) for p in (home / "store").rglob("*") if p.is_file())
-
-
 REFUSED: dict[str, tuple[str, object, int, str]] = {
     # name: (suffix, bytes factory, exit code, fragment of the one error line)
     "int32-token": (
@@ -427,14 +424,7 @@ def test_refused_files_exit_with_one_line_and_change_nothing(
     suffix, factory, code, fragment = REFUSED[case]
     path = tmp_path / f"file{suffix}"  # a neutral name: the fragment must come from the reason
     path.write_bytes(factory())  # type: ignore[operator]
-    before, files_before = catalog_snapshot(home), _store_files(home)
-    res = runner.invoke(cli, ["import", str(path)])
-    lines = res.output.strip().splitlines()
-    assert res.exit_code == code, res.output
-    assert lines[0].startswith("error: ") and fragment in lines[0], lines
-    assert sum(line.startswith("error:") for line in lines) == 1
-    assert catalog_snapshot(home) == before
-    assert _store_files(home) == files_before
+    import_is_refused(path, home, code=code, fragment=fragment, snapshot=catalog_snapshot)
 
 
 @pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])

@@ -32,6 +32,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from cli_support import import_is_refused
 from fixtures_formats import (
     Call,
     G,
@@ -442,9 +443,7 @@ def _suffix(name: str) -> str:
 def test_each_bomb_is_one_error_line_and_changes_nothing(
     name: str, tmp_path: Path, lib, catalog_snapshot
 ) -> None:
-    from click.testing import CliRunner
 
-    from conceptlib.cli.main import cli
     from conceptlib.registry.samples import sample_embedding
 
     lib.add_embedding(sample_embedding("sd1", 1, 9), name="existing")
@@ -453,16 +452,8 @@ def test_each_bomb_is_one_error_line_and_changes_nothing(
     build, _expected, fragment = BOMBS[name]
     path = tmp_path / f"file{_suffix(name)}"
     path.write_bytes(build())
-    store = sorted(p.name for p in (home / "store").rglob("*") if p.is_file())
-    before = catalog_snapshot(home)
-    res = CliRunner().invoke(cli, ["import", str(path)])
-    lines = res.output.strip().splitlines()
-    assert res.exit_code == 3, res.output
-    assert lines[0].startswith("error: ") and fragment in lines[0], lines
-    assert sum(line.startswith("error:") for line in lines) == 1
-    assert "memory" not in res.output.lower()
-    assert catalog_snapshot(home) == before
-    assert sorted(p.name for p in (home / "store").rglob("*") if p.is_file()) == store
+    output = import_is_refused(path, home, code=3, fragment=fragment, snapshot=catalog_snapshot)
+    assert "memory" not in output.lower()
 
 
 def test_a_folder_of_bombs_still_imports_its_good_file(tmp_path: Path, lib) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_support import import_is_refused
 from fixtures_formats import (
     MALICIOUS_KINDS,
     Call,
@@ -894,9 +895,7 @@ PICKLE_REFUSALS = {
 def test_refused_pickles_exit_with_one_line_and_change_nothing(
     case: str, tmp_path: Path, lib, catalog_snapshot
 ) -> None:
-    from click.testing import CliRunner
 
-    from conceptlib.cli.main import cli
     from conceptlib.registry.samples import sample_embedding
 
     lib.add_embedding(sample_embedding("sd1", 1, 9), name="existing")
@@ -906,15 +905,7 @@ def test_refused_pickles_exit_with_one_line_and_change_nothing(
     sentinel = tmp_path / "sentinel"
     path = tmp_path / "file.pt"
     path.write_bytes(build(sentinel))
-    store = sorted(p.name for p in (home / "store").rglob("*") if p.is_file())
-    before = catalog_snapshot(home)
-    res = CliRunner().invoke(cli, ["import", str(path)])
-    lines = res.output.strip().splitlines()
-    assert res.exit_code == code, res.output
-    assert lines[0].startswith("error: ") and fragment in lines[0], lines
-    assert sum(line.startswith("error:") for line in lines) == 1
-    assert catalog_snapshot(home) == before
-    assert sorted(p.name for p in (home / "store").rglob("*") if p.is_file()) == store
+    import_is_refused(path, home, code=code, fragment=fragment, snapshot=catalog_snapshot)
     assert not sentinel.exists()
 
 
