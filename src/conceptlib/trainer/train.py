@@ -16,20 +16,20 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any
 
-from conceptlib.errors import InvalidName, NameCollision, NaNLoss, TrainingError, UsageError
+from conceptlib.errors import InvalidName, NameCollision, TrainingError, UsageError
 from conceptlib.schemas.enums import Kind
+from conceptlib.trainer.results import TrainingInterrupted, TrainProgress, TrainResult
+from conceptlib.trainer.run import Run, device_name
 
 if TYPE_CHECKING:
     from conceptlib.models.base import BaseModel
-    from conceptlib.registry.formats.embedding import Embedding
     from conceptlib.registry.library import Library
-    from conceptlib.schemas.records import EmbeddingInfo
+
+__all__ = ["TrainProgress", "TrainResult", "TrainingInterrupted", "train"]
 
 #: Defaults for a real base model on a GPU (documented in docs/training.md).
 DEFAULT_STEPS = 2000
@@ -37,112 +37,8 @@ DEFAULT_LR = 5e-3
 DEFAULT_BATCH = 4
 DEFAULT_CHECKPOINT_EVERY = 250
 DEFAULT_SAMPLE_EVERY = 500
-#: Steps between reads of the loss on a GPU (each read is a host sync).
-SYNC_EVERY_CUDA = 10
-#: ``final_loss`` is the mean loss of the last this-many steps.
-FINAL_LOSS_WINDOW = 50
 
 PRECISIONS = ("bf16", "fp16", "fp32")
-
-
-@dataclass
-class TrainProgress:
-    """One progress report: sent after set-up and then every few steps."""
-
-    step: int
-    total: int
-    loss: float | None  # mean loss since the previous report
-    steps_per_s: float | None
-    eta_s: float | None
-    phase: str = "train"  # "setup" | "train" | "samples" | "done"
-
-
-@dataclass
-class TrainResult:
-    """What a run produced (``to_dict()`` is what ``train --json`` prints)."""
-
-    name: str
-    embedding: Embedding
-    info: EmbeddingInfo | None
-    config: dict[str, Any]
-    steps: int
-    final_loss: float
-    wall_time_s: float
-    device: str
-    precision: str
-    family: str
-    base_model: str
-    base_model_fingerprint: str
-    training_images_hash: str
-    training_image_count: int
-    initializer: str
-    init_tokens: dict[str, list[str]]
-    losses: list[float]
-    run_dir: Path
-    embedding_path: Path
-    loss_curve_path: Path
-    sample_paths: list[Path] = field(default_factory=list)
-    grid_path: Path | None = None
-    kept_steps: list[int] = field(default_factory=list)
-    resumed_from: int | None = None
-    log: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        out = {k: v for k, v in asdict(self).items() if k not in ("embedding", "info", "losses")}
-        for k in ("run_dir", "embedding_path", "loss_curve_path", "grid_path"):
-            out[k] = str(out[k]) if out[k] is not None else None
-        out["sample_paths"] = [str(p) for p in self.sample_paths]
-        out["tensor_sha256"] = self.embedding.tensor_sha256
-        out["registered"] = self.info is not None
-        out["info"] = self.info.to_dict() if self.info is not None else None
-        return out
-
-
-class TrainingInterrupted(KeyboardInterrupt):
-    """Ctrl-C (a ``KeyboardInterrupt``) during :func:`train`, with where the run stands.
-
-    It is still a ``KeyboardInterrupt``, so code catching that keeps working; ``str()``
-    is a one-line summary. ``conceptlib train`` turns it into lines naming the kept
-    checkpoint and the exact command that continues the run (exit status 130).
-
-    Attributes:
-        step: steps done when interrupted (``None``: training had not started).
-        total: the run's ``steps``.
-        run_dir: the run folder (``None``: interrupted before it was known).
-        checkpoint: the checkpoint kept for ``resume=True`` (``None``: none exists).
-        checkpoint_step: the step it holds, when known.
-        checkpoint_every: steps between checkpoints (0: none are written).
-    """
-
-    def __init__(
-        self,
-        *,
-        step: int | None,
-        total: int,
-        run_dir: Path | None,
-        checkpoint: Path | None,
-        checkpoint_step: int | None,
-        checkpoint_every: int,
-    ) -> None:
-        self.step = step
-        self.total = total
-        self.run_dir = run_dir
-        self.checkpoint = checkpoint
-        self.checkpoint_step = checkpoint_step
-        self.checkpoint_every = checkpoint_every
-        super().__init__(self.summary())
-
-    def summary(self) -> str:
-        at = f"at step {self.step} of {self.total}" if self.step is not None else "during set-up"
-        if self.checkpoint is not None:
-            held = f" (step {self.checkpoint_step})" if self.checkpoint_step is not None else ""
-            return f"interrupted {at}; the checkpoint{held} is kept at {self.checkpoint}"
-        every = (
-            f"every {self.checkpoint_every} steps"
-            if self.checkpoint_every
-            else "--checkpoint-every 0"
-        )
-        return f"interrupted {at}, before any checkpoint ({every}): nothing to resume"
 
 
 def _check_options(
@@ -459,7 +355,7 @@ def train(
     from conceptlib.trainer.loop import TextualInversion
     from conceptlib.trainer.templates import load_templates
 
-    run = _Run(progress=progress, log=log, steps=steps, checkpoint_every=checkpoint_every)
+    run = Run(progress=progress, log=log, steps=steps, checkpoint_every=checkpoint_every)
     name = _check_options(name, init, vectors, steps, lr, batch, kind)
     from conceptlib.trainer.steps import check_save_every
 
@@ -572,7 +468,7 @@ def train(
                 run.keep = {
                     "format": "conceptlib-kept-steps/1",
                     "config": config,
-                    "device": _device_name(engine.device),
+                    "device": device_name(engine.device),
                     "description": description,
                     "init_tokens": {r.slot: r.tokens for r in engine.init_reports},
                 }
@@ -597,333 +493,3 @@ def _version() -> str:
     from conceptlib import __version__
 
     return __version__
-
-
-class _Run:
-    """The bookkeeping of one ``train()`` call: log, progress, losses, samples, outputs."""
-
-    def __init__(self, *, progress: Any, log: Any, steps: int, checkpoint_every: int) -> None:
-        self.progress = progress
-        self.log = log
-        self.steps = steps
-        self.checkpoint_every = checkpoint_every
-        self.engine: Any = None
-        self.dir_known = False
-        self.lines: list[str] = []
-        self.started = time.perf_counter()
-        self.train_seconds = 0.0  # time spent in steps (not samples, not checkpoints)
-        self.previous_wall = 0.0  # wall time of the interrupted part, when resuming
-        self.resumed_from: int | None = None
-        self.last_good: int | None = None
-        self.losses: list[float] = []
-        self.sample_rows: list[tuple[str, list[Any]]] = []
-        self.sample_paths: list[Path] = []
-        self.final_images: list[Any] = []
-        self.keep: dict[str, Any] = {}  # the run's record for kept steps (run.json)
-        self.kept_steps: list[int] = []
-        self.dir = Path(".")
-        self.ckpt_path = Path(".")
-
-    def set_dir(self, run_dir: Path) -> None:
-        from conceptlib.trainer.checkpoint import CHECKPOINT_NAME
-
-        self.dir = run_dir
-        self.ckpt_path = run_dir / CHECKPOINT_NAME
-        self.dir_known = True
-
-    def interrupted(self) -> TrainingInterrupted:
-        """What Ctrl-C leaves behind: the steps done and the checkpoint kept (if any)."""
-        ckpt = self.ckpt_path if self.dir_known and self.ckpt_path.is_file() else None
-        return TrainingInterrupted(
-            step=self.engine.step_count if self.engine is not None else None,
-            total=self.steps,
-            run_dir=self.dir if self.dir_known else None,
-            checkpoint=ckpt,
-            checkpoint_step=self.last_good if ckpt is not None else None,
-            checkpoint_every=self.checkpoint_every,
-        )
-
-    def say(self, line: str) -> None:
-        self.lines.append(line)
-        if self.log is not None:
-            self.log(line)
-
-    def report(
-        self, step: int, loss: float | None, *, phase: str = "train", rate: float | None = None
-    ) -> None:
-        if self.progress is not None:
-            eta = (self.steps - step) / rate if rate else None
-            self.progress(TrainProgress(step, self.steps, loss, rate, eta, phase))
-
-    def wall(self) -> float:
-        return self.previous_wall + (time.perf_counter() - self.started)
-
-    def resume(self, engine: Any, config: dict[str, Any]) -> None:
-        """Continue from the checkpoint: same settings except :data:`RESUME_MAY_CHANGE
-        <conceptlib.trainer.checkpoint.RESUME_MAY_CHANGE>`, each change recorded in
-        ``config["resume_changes"]``; vectors that would fail the importer are refused."""
-        from conceptlib.trainer.checkpoint import check_resumable, load_checkpoint, vectors_problem
-
-        path = self.ckpt_path
-        state, saved = load_checkpoint(path)
-        try:
-            step = int(state["step"])
-            wall = float(state.get("wall_time_s", 0.0))
-            vectors = state["vectors"]
-            shapes = {k: tuple(v.shape) for k, v in vectors.items()}
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise TrainingError(f"{path}: unreadable checkpoint ({exc!r})", path=str(path)) from exc
-        changes = check_resumable(saved, config, step, path)
-        expected = {k: tuple(p.shape) for k, p in engine.params.items()}
-        if shapes != expected:
-            raise TrainingError(
-                f"cannot resume {path}: it holds vectors {shapes}, this run trains {expected}",
-                hint="delete the checkpoint to start over",
-                path=str(path),
-            )
-        problem = vectors_problem(vectors)
-        if problem is not None:
-            raise TrainingError(
-                f"cannot resume {path}: its vectors at step {step} would not pass the import "
-                f"checks ({problem})",
-                hint="delete the checkpoint and start over with a lower --lr",
-                path=str(path),
-            )
-        try:
-            engine.load_state_dict(state)
-        except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as exc:
-            raise TrainingError(
-                f"{path}: the checkpoint does not fit this run ({type(exc).__name__}: {exc})",
-                path=str(path),
-            ) from exc
-        fresh = changes[len(saved.get("resume_changes") or []) :]
-        config["resume_changes"] = changes
-        self.previous_wall = wall
-        self.resumed_from = self.last_good = engine.step_count
-        shown = ", ".join(f"{c['setting']} {c['old']} -> {c['new']}" for c in fresh)
-        self.say(
-            f"resumed from {path} at step {engine.step_count}" + (f" with {shown}" if shown else "")
-        )
-
-    def samples(self, engine: Any, step: int, n_steps: int) -> None:
-        from conceptlib.trainer.checkpoint import atomic_write_bytes
-        from conceptlib.trainer.report import png_bytes
-
-        self.report(step, None, phase="samples")
-        images = engine.generate(engine.templates[:2], seed=1000, steps=n_steps)
-        for i, im in enumerate(images):
-            p = self.dir / "samples" / f"step-{step:06d}-{i}.png"
-            atomic_write_bytes(p, png_bytes(im))
-            self.sample_paths.append(p)
-        self.sample_rows.append((f"step {step}", images))
-        self.final_images = images
-
-    def train(
-        self,
-        engine: Any,
-        config: dict[str, Any],
-        *,
-        checkpoint_every: int,
-        sample_every: int,
-        sample_steps: int,
-        save_every: int = 0,
-    ) -> None:
-        """Step until ``steps``; read the loss at sync points; checkpoint, sample and
-        keep a copy of the vectors every ``save_every`` steps (0: never)."""
-        import numpy as np
-
-        from conceptlib.trainer.checkpoint import save_checkpoint, vectors_problem
-
-        steps = self.steps
-        self.losses = engine.read_losses(0, engine.step_count)
-        read_upto = first = engine.step_count
-        sync_every = SYNC_EVERY_CUDA if engine.device.type == "cuda" else 1
-        self.report(first, self.losses[-1] if self.losses else None)
-        tick = time.perf_counter()
-        while engine.step_count < steps:
-            engine.step()
-            s = engine.step_count
-            ckpt_now = bool(checkpoint_every) and s % checkpoint_every == 0 and s < steps
-            sample_now = bool(sample_every) and s % sample_every == 0 and s < steps
-            keep_now = bool(save_every) and s % save_every == 0 and s < steps
-            if not (s % sync_every == 0 or s == steps or ckpt_now or sample_now or keep_now):
-                continue
-            fresh = engine.read_losses(read_upto, s)  # the one host sync
-            self.train_seconds += time.perf_counter() - tick
-            bad = next((i for i, v in enumerate(fresh) if not math.isfinite(v)), None)
-            if bad is not None:
-                self._nan(read_upto + bad + 1, fresh[bad], config)
-            self.losses.extend(fresh)
-            read_upto = s
-            rate = (s - first) / self.train_seconds if self.train_seconds > 0 else None
-            self.report(s, float(np.mean(fresh)), rate=rate)
-            if ckpt_now:
-                state = engine.state_dict()
-                # A checkpoint is "good" (kept on NaN, resumed from) only with vectors
-                # the importer would take: finite and within fp16's range.
-                problem = vectors_problem(state["vectors"])
-                if problem is not None:
-                    self._diverged(s, problem, config)
-                state["wall_time_s"] = self.wall()
-                save_checkpoint(self.ckpt_path, state, config)
-                self.last_good = s
-            if sample_now:
-                self.samples(engine, s, sample_steps)
-            if keep_now:
-                self.keep_step(engine, s, sample_steps, sampled=sample_now)
-            tick = time.perf_counter()
-        self.samples(engine, steps, sample_steps)
-        if save_every:
-            self.keep_step(engine, steps, sample_steps, sampled=True)
-
-    def keep_step(self, engine: Any, step: int, sample_steps: int, *, sampled: bool) -> None:
-        """Keep the vectors at ``step`` and their grid (the samples just drawn, when
-        ``sampled``; else drawn now the way :meth:`samples` draws them)."""
-        from conceptlib.trainer.checkpoint import vectors_problem
-        from conceptlib.trainer.steps import save_step
-
-        vectors = engine.vectors()
-        if vectors_problem(vectors) is not None:
-            return  # the next checkpoint or the end reports the divergence
-        if sampled:
-            images = self.final_images
-        else:
-            self.report(step, None, phase="samples")
-            images = engine.generate(engine.templates[:2], seed=1000, steps=sample_steps)
-        save_step(self.dir, name=self.keep["config"]["name"], step=step, vectors=vectors,
-                  images=images, losses=self.losses, wall_time_s=self.wall(),
-                  run_facts=self.keep)  # fmt: skip
-        self.kept_steps.append(step)
-
-    def _all_kept(self, name: str) -> list[int]:
-        """Every step kept in the run folder (a resumed run's earlier ones too)."""
-        from conceptlib.trainer.steps import kept_steps
-
-        return kept_steps(self.dir, name) if self.kept_steps else []
-
-    def _kept(self) -> str:
-        if self.last_good is None:
-            return "no checkpoint had been written yet"
-        return f"the last good checkpoint (step {self.last_good}) is kept at {self.ckpt_path}"
-
-    def _remedy(self, config: dict[str, Any]) -> str:
-        """The hint after a NaN loss or diverged vectors: options ``train`` has."""
-        import shlex
-
-        from conceptlib.trainer.schedule import halved
-
-        lower = shlex.quote(halved(config["lr"]))
-        if self.last_good is not None:
-            hint = f"resume with a lower learning rate: --resume --lr {lower}"
-        else:
-            hint = f"start again with a lower learning rate: --lr {lower}"
-        if config.get("precision") == "fp16":
-            hint += " (or --precision bf16 or fp32 instead of fp16)"
-        return hint
-
-    def _nan(self, step: int, value: float, config: dict[str, Any]) -> NoReturn:
-        raise NaNLoss(
-            f"the loss became {value} at step {step}; training stopped and {self._kept()}",
-            hint=self._remedy(config),
-            step=step,
-            checkpoint=str(self.ckpt_path) if self.last_good is not None else None,
-        )
-
-    def _diverged(self, step: int, problem: str, config: dict[str, Any]) -> NoReturn:
-        raise NaNLoss(
-            f"the vectors diverged by step {step} ({problem}); training stopped and {self._kept()}",
-            hint=self._remedy(config),
-            step=step,
-            checkpoint=str(self.ckpt_path) if self.last_good is not None else None,
-        )
-
-    def finish(
-        self,
-        engine: Any,
-        bm: Any,
-        config: dict[str, Any],
-        imgs: Any,
-        *,
-        name: str,
-        init: str,
-        kind: str,
-        tags: Sequence[str],
-        description: str | None,
-        precision: str,
-        library: Library | None,
-    ) -> TrainResult:
-        """Write the embedding and the reports, register, and drop the checkpoint."""
-        import numpy as np
-
-        from conceptlib.registry.formats.embedding import Embedding
-        from conceptlib.trainer.checkpoint import atomic_write_bytes, vectors_problem
-        from conceptlib.trainer.report import loss_curve_png, png_bytes, sample_grid_png
-
-        vectors = engine.vectors()
-        problem = vectors_problem(vectors)
-        if problem is not None:
-            self._diverged(self.steps, problem, config)
-        emb = Embedding.from_slots(vectors)
-        window = self.losses[-FINAL_LOSS_WINDOW:]
-        final_loss = float(np.mean(window)) if window else float("nan")
-        emb_path = self.dir / "learned_embeds.safetensors"
-        atomic_write_bytes(emb_path, emb.canonical_bytes())
-        title = f"{name} on {bm.model_id}: {self.steps} steps, lr {config['lr']}, batch {config['batch']}"
-        loss_png = loss_curve_png(self.losses, title=title)
-        atomic_write_bytes(self.dir / "loss.png", loss_png)
-        grid_png = sample_grid_png(self.sample_rows)
-        atomic_write_bytes(self.dir / "samples.png", grid_png)
-        device = _device_name(engine.device)
-        init_tokens = {r.slot: r.tokens for r in engine.init_reports}
-        info = None
-        if library is not None:
-            from conceptlib.schemas.records import Preview, TrainingRunRecord
-
-            previews = [
-                Preview(filename="loss.png", data=loss_png, role="loss_curve"),
-                Preview(filename="samples.png", data=grid_png, role="grid"),
-            ] + [
-                Preview(filename=f"sample-{i}.png", data=png_bytes(im), role="sample")
-                for i, im in enumerate(self.final_images)
-            ]
-            facts = {
-                "base_model": bm.model_id,
-                "base_model_fingerprint": bm.fingerprint,
-                "training_images_hash": imgs.hash,
-                "training_image_count": imgs.count,
-                "initializer": init,
-            }
-            record = TrainingRunRecord(
-                config=config, steps=self.steps, final_loss=final_loss,
-                wall_time_s=self.wall(), device=device, **facts,
-            )  # fmt: skip
-            info = library.add_embedding(
-                emb, name=name, kind=kind, source="trained", source_ref=str(self.dir),
-                tags=tags, description=description, previews=previews, training_run=record,
-                extra={"init_tokens": init_tokens, "precision": precision,
-                       "clip_skip": config.get("clip_skip", 1)}, **facts,
-            )  # fmt: skip
-            self.say(f"registered {info.name} ({info.tensor_sha256[:12]})")
-        # The run is complete: its checkpoint would only block the next run of this name.
-        self.ckpt_path.unlink(missing_ok=True)
-        self.report(self.steps, final_loss, phase="done")
-        return TrainResult(
-            name=name, embedding=emb, info=info, config=config, steps=self.steps,
-            final_loss=final_loss, wall_time_s=self.wall(), device=device, precision=precision,
-            family=bm.family.value, base_model=bm.model_id,
-            base_model_fingerprint=bm.fingerprint, training_images_hash=imgs.hash,
-            training_image_count=imgs.count, initializer=init, init_tokens=init_tokens,
-            losses=self.losses, run_dir=self.dir, embedding_path=emb_path,
-            loss_curve_path=self.dir / "loss.png", sample_paths=self.sample_paths,
-            grid_path=self.dir / "samples.png", kept_steps=self._all_kept(name), resumed_from=self.resumed_from, log=self.lines,
-        )  # fmt: skip
-
-
-def _device_name(device: Any) -> str:
-    if device.type == "cuda":
-        import torch
-
-        return f"cuda ({torch.cuda.get_device_name(device)})"
-    import platform
-
-    return f"cpu ({platform.processor() or platform.machine()})"
