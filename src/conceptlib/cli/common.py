@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -30,8 +31,38 @@ def json_option(f: F) -> F:
     )(f)
 
 
+#: Candidates for escaping in JSON output: anything but printable ASCII and the newline
+#: of indentation; :func:`_json_escape` keeps the harmless ones (letters, marks, ...).
+_UNSAFE_IN_JSON = re.compile(r"[^\x20-\x7e\n]")
+#: Unicode categories a terminal may act on: controls, format (bidi, zero-width),
+#: surrogates, private use, line/paragraph separators.
+_ESCAPED_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Zl", "Zp"})
+
+
+def _json_escape(match: re.Match[str]) -> str:
+    import unicodedata
+
+    char = match.group()
+    if unicodedata.category(char) not in _ESCAPED_CATEGORIES:
+        return char
+    code = ord(char)
+    if code > 0xFFFF:  # JSON spells characters beyond the BMP as a surrogate pair
+        code -= 0x10000
+        return f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}"
+    return f"\\u{code:04x}"
+
+
 def print_json(obj: Any) -> None:
-    click.echo(json.dumps(obj, indent=2, ensure_ascii=False, default=str))
+    """Print ``obj`` as indented JSON that is safe on a terminal.
+
+    Non-ASCII letters stay readable (``ensure_ascii=False``), but every character a
+    terminal could act on or that reorders the line (C0/C1 controls, DEL, Unicode
+    format characters such as bidi overrides and zero-width marks, line and paragraph
+    separators, lone surrogates) is written as a ``\\uXXXX`` escape: the parsed value
+    is unchanged, the bytes on screen are inert.
+    """
+    text = json.dumps(obj, indent=2, ensure_ascii=False, default=str)
+    click.echo(_UNSAFE_IN_JSON.sub(_json_escape, text))
 
 
 def console() -> Console:
