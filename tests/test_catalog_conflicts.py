@@ -120,3 +120,55 @@ def test_a_real_deadlock_is_a_catalog_conflict(pg_database):
         names = sorted(r[0] for r in conn.execute(text("SELECT name FROM tag")))
     assert names == ["tag-x", "tag-y"]
     cat.dispose()
+
+
+def _conflict_at_first_commit(monkeypatch) -> list[int]:
+    """The database aborts the first write transaction at its end (as PostgreSQL does
+    to one of two deadlocked writers): the work is rolled back and must run again."""
+    from contextlib import contextmanager
+
+    real = Catalog.write
+    calls: list[int] = []
+
+    @contextmanager
+    def write(self):
+        calls.append(1)
+        with real(self) as session:
+            yield session
+            if len(calls) == 1:
+                raise _conflict()
+
+    monkeypatch.setattr(Catalog, "write", write)
+    return calls
+
+
+@pytest.mark.parametrize(
+    "operation", ["tag", "untag", "update", "rename", "remove", "sync", "previews"]
+)
+def test_every_library_write_runs_again_after_a_conflict(lib, emb_factory, monkeypatch, operation):
+    from conceptlib.schemas.records import Preview, SyncInfo
+
+    lib.add_embedding(emb_factory(seed=21), name="writer", tags=["old"])
+    calls = _conflict_at_first_commit(monkeypatch)
+    png = b"\x89PNG\r\n\x1a\n" + b"\x00" * 16
+    if operation == "tag":
+        assert lib.tag("writer", add=["fresh"]).tags == ["fresh", "old"]
+    elif operation == "untag":
+        assert lib.tag("writer", remove=["old"]).tags == []
+    elif operation == "update":
+        assert lib.update("writer", description="after").description == "after"
+    elif operation == "rename":
+        assert lib.rename("writer", "writer-two").name == "writer-two"
+    elif operation == "remove":
+        lib.remove("writer")
+        assert lib.list() == []
+    elif operation == "sync":
+        lib.record_sync("writer", SyncInfo(repo_id="u/r", revision="main", commit_sha="a" * 40,
+                                            direction="push", filename="writer.safetensors"))  # fmt: skip
+    else:
+        info = lib.add_previews("writer", [Preview(filename="p.png", data=png, role="preview")])
+        assert [p.filename for p in info.previews] == ["p.png"]
+    assert len(calls) == 2  # the aborted transaction and the one that committed
+    if operation == "sync":
+        assert [s.repo_id for s in lib.get("writer").syncs] == ["u/r"]
+    assert lib.verify().problems == []

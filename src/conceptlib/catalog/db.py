@@ -194,6 +194,20 @@ class Catalog:
                 time.sleep(0.01 * (2**attempt) * (0.5 + random.random()))
         raise AssertionError("unreachable")  # pragma: no cover
 
+    def write_retrying(self, work: Callable[[Session], T], *, attempts: int = 6) -> T:
+        """Run ``work(session)`` in a write transaction of its own (:meth:`write`), and in a
+        fresh one again when the database aborts it as a conflict (:meth:`retrying`). Every
+        write of the library goes through here, so no writer dies of a deadlock a retry
+        would have cleared. ``work`` must be safe to run again: it reads what it needs
+        inside the transaction or from values computed before it.
+        """
+
+        def once() -> T:
+            with self.write() as session:
+                return work(session)
+
+        return self.retrying(once, attempts=attempts)
+
     # ------------------------------------------------------------------ migrations
 
     def schema_version(self) -> int:

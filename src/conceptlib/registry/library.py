@@ -689,7 +689,8 @@ class Library:
             raise NotFound(
                 f"{info.name!r} has no tag {missing[0]!r}; its tags: {', '.join(info.tags) or 'none'}"
             )
-        with self.catalog.write() as session:
+
+        def _write(session: Any) -> None:
             new = [t for t in add_t if t not in info.tags]
             ids = dialect.ensure_tags(session.connection(), self.catalog.dialect_name, new)
             for t in new:
@@ -704,6 +705,8 @@ class Library:
             er.updated_at = utcnow()
             session.flush()
             dialect.refresh_fts(session.connection(), self.catalog.dialect_name, info.id)
+
+        self.catalog.write_retrying(_write)
         return self.get(info.name)
 
     def update(
@@ -745,13 +748,16 @@ class Library:
             if not extra["trained_words"]:
                 del extra["trained_words"]
             values["extra"] = json.dumps(extra, sort_keys=True, default=str)
-        with self.catalog.write() as session:
+
+        def _write(session: Any) -> None:
             row = session.get(EmbeddingRow, info.id)
             for column, value in values.items():
                 setattr(row, column, value)
             row.updated_at = utcnow()
             session.flush()
             dialect.refresh_fts(session.connection(), self.catalog.dialect_name, info.id)
+
+        self.catalog.write_retrying(_write)
         return self.get(info.name)
 
     def rename(self, old: str, new: str, *, token: str | None = None) -> EmbeddingInfo:
@@ -775,13 +781,16 @@ class Library:
             )
         with self.reader() as r:
             self._check_handles(r, new_name, new_token, info.num_vectors, {}, info.name)
-        with self.catalog.write() as session:
+
+        def _write(session: Any) -> None:
             row = session.get(EmbeddingRow, info.id)
             row.name, row.name_key = new_name, name_key(new_name)
             row.token, row.token_key = new_token, name_key(new_token)
             row.updated_at = utcnow()
             session.flush()
             dialect.refresh_fts(session.connection(), self.catalog.dialect_name, info.id)
+
+        self.catalog.write_retrying(_write)
         return self.get(new_name)
 
     def remove(self, name: str) -> EmbeddingInfo:
@@ -790,10 +799,13 @@ class Library:
         from conceptlib.catalog.models import EmbeddingRow
 
         info = self.get(name)
-        with self.catalog.write() as session:
+
+        def _write(session: Any) -> None:
             row = session.get(EmbeddingRow, info.id)
             dialect.delete_fts(session.connection(), self.catalog.dialect_name, info.id)
             session.delete(row)
+
+        self.catalog.write_retrying(_write)
         referenced = upkeep.referenced_blobs(self)
         gone = [
             s
@@ -811,7 +823,8 @@ class Library:
         from conceptlib.catalog.models import HubSyncRow
 
         info = self.get(name)
-        with self.catalog.write() as session:
+
+        def _write(session: Any) -> None:
             session.add(
                 HubSyncRow(
                     embedding_id=info.id,
@@ -822,6 +835,8 @@ class Library:
                     filename=sync.filename,
                 )
             )
+
+        self.catalog.write_retrying(_write)
 
     def add_previews(self, name: str, previews: Sequence[Preview]) -> EmbeddingInfo:
         """Attach preview images to an entry (blobs first, then rows)."""
@@ -834,7 +849,8 @@ class Library:
             for p in previews:
                 sha = self.store.put(p.data)
                 rows.append((_safe_filename(p.filename), p.role, sha, len(p.data)))
-            with self.catalog.write() as session:
+
+            def _write(session: Any) -> None:
                 for filename, role, sha, size in rows:
                     session.add(
                         PreviewRow(
@@ -850,6 +866,8 @@ class Library:
                     dialect.insert_blobs(
                         session.connection(), self.catalog.dialect_name, blobs, utcnow()
                     )
+
+            self.catalog.write_retrying(_write)
         return self.get(info.name)
 
     # ------------------------------------------------------------------ export

@@ -193,7 +193,8 @@ def apply(
                 continue
             have.add(sha)
             rows.append((_safe_filename(filename), sha, len(data)))
-        with lib.catalog.write() as session:
+
+        def _write(session: Any) -> None:
             row = session.get(EmbeddingRow, info.id)
             for column, value in values.items():
                 setattr(row, column, value)
@@ -218,6 +219,8 @@ def apply(
             row.updated_at = utcnow()
             session.flush()
             dialect.refresh_fts(session.connection(), lib.catalog.dialect_name, info.id)
+
+        lib.catalog.write_retrying(_write)
     if rows:
         filled.append("previews")
     return InfoOutcome(

@@ -129,12 +129,14 @@ def _restore(lib: Library, retired: EmbeddingInfo, original: EmbeddingInfo) -> N
     from conceptlib.catalog import dialect
     from conceptlib.catalog.models import EmbeddingRow
 
-    with lib.catalog.write() as session:
+    def _write(session: Any) -> None:
         row = session.get(EmbeddingRow, retired.id)
         row.name, row.name_key = original.name, name_key(original.name)
         row.token, row.token_key = original.token, name_key(original.token)
         session.flush()
         dialect.refresh_fts(session.connection(), lib.catalog.dialect_name, retired.id)
+
+    lib.catalog.write_retrying(_write)
 
 
 def _add(lib: Library, f: Fetched, version: int) -> EmbeddingInfo:
