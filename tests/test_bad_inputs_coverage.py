@@ -329,6 +329,18 @@ COVERAGE: dict[int, tuple[str, str, list[str]]] = {
         'test_reliability_fuzz.py::test_generated_pickles_raise_only_our_errors',
         'test_reliability_fuzz.py::test_generated_pngs_raise_only_our_errors',
     ]),
+    62: ('hostile ModelSpec / provenance metadata in a safetensors header', 'ignored with a note', [
+        'test_modelspec.py::test_hostile_metadata_values_are_ignored_with_a_note',
+        'test_modelspec.py::test_provenance_of_the_wrong_shape_is_not_used',
+        'test_modelspec.py::test_a_changed_file_does_not_pass_its_metadata',
+        'test_modelspec.py::test_description_with_markup_is_kept_as_text',
+    ]),
+    63: ('a UI folder with files ui-sync did not write, links, edits, a bad manifest', 'conflict / UsageError', [
+        'test_uisync.py::test_a_file_it_did_not_write_is_never_overwritten',
+        'test_uisync.py::test_a_file_changed_by_hand_is_left_alone',
+        'test_uisync.py::test_cli_errors_change_nothing',
+        'test_uisync.py::test_an_interrupted_run_is_finished_by_the_next',
+    ]),
 }  # fmt: skip
 
 

@@ -59,7 +59,13 @@ def test_add_records_everything(lib, emb_factory):
     assert info.autov2 == info.file_sha256[:10].upper()
     assert info.previews[0].role == "loss_curve"
     assert info.training_runs[0].config == {"lr": 0.005}
-    assert info.compatibility == {"sd1": "none", "sd2": "none", "sdxl": "full"}
+    assert info.compatibility == {
+        "sd1": "none",
+        "sd2": "none",
+        "sdxl": "full",
+        "sd3": "partial",
+        "flux": "partial",
+    }
     d = info.to_dict()
     for key in (
         "name",
@@ -83,7 +89,13 @@ def test_add_records_everything(lib, emb_factory):
 
 def test_sd1_is_partially_compatible_with_sdxl(lib, emb_factory):
     info = lib.add_embedding(emb_factory("sd1"), name="ea")
-    assert info.compatibility == {"sd1": "full", "sd2": "none", "sdxl": "partial"}
+    assert info.compatibility == {
+        "sd1": "full",
+        "sd2": "none",
+        "sdxl": "partial",
+        "sd3": "partial",
+        "flux": "partial",
+    }
 
 
 def test_not_found_suggests_close_names(lib, emb_factory):

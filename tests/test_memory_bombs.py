@@ -53,6 +53,7 @@ from fixtures_formats import (
 from reliability_support import report_figures
 
 from conceptlib.registry.formats import png_embed
+from conceptlib.registry.formats.pickle_walk import MAX_TENSOR_ELEMENTS
 
 pytestmark = [
     pytest.mark.timeout(300),
@@ -210,12 +211,14 @@ def safetensors_header_claim() -> bytes:
     return struct.pack("<Q", 2**40) + b'{"a": 1}'
 
 
+#: The message of a tensor view over the element cap.
+CAPPED = f"expected at most {MAX_TENSOR_ELEMENTS}"
 #: name -> (builder, the refusal it must end in, a fragment of its message)
 BOMBS: dict[str, tuple[Callable[[], bytes], str, str]] = {
-    "pt-stride0-view": (stride0_zip, "FileTooLarge", "expected at most 288000"),
-    "pt-stride0-fp16-view": (stride0_half, "FileTooLarge", "expected at most 288000"),
-    "pt-stride0-parameter": (stride0_parameter, "FileTooLarge", "expected at most 288000"),
-    "pt-stride0-legacy": (stride0_legacy, "FileTooLarge", "expected at most 288000"),
+    "pt-stride0-view": (stride0_zip, "FileTooLarge", CAPPED),
+    "pt-stride0-fp16-view": (stride0_half, "FileTooLarge", CAPPED),
+    "pt-stride0-parameter": (stride0_parameter, "FileTooLarge", CAPPED),
+    "pt-stride0-legacy": (stride0_legacy, "FileTooLarge", CAPPED),
     "pt-200-views-of-one-row": (many_views, "FileTooLarge", "bytes in all"),
     "pt-list-shared-a-million-times": (shared_lists, "UnsupportedContent", "without tensors"),
     "pt-zip-member-inflating-past-its-size": (

@@ -255,6 +255,32 @@ def build_benign() -> list[Benign]:
         {"clip_l": cl, "clip_g": cg},
         make_lora_bundle("bundle-sdxl", cl, cg),
     )
+    # SD3 and FLUX, keyed by encoder in both T5 spellings (ComfyUI's t5xxl, OneTrainer's
+    # t5, with its output vectors, which are left out); a T5-only diffusers file.
+    for t5 in ("t5xxl", "t5"):
+        cl, cg, t = vec(2, 768), vec(2, 1280), vec(2, 4096)
+        sd3 = {"clip_l": cl, "clip_g": cg, t5: t}
+        if t5 == "t5":
+            sd3["t5_out"] = vec(1, 4096)
+        data = save_torch_safetensors({k: torch.from_numpy(v) for k, v in sd3.items()})
+        add(
+            f"sd3-{t5}.safetensors",
+            "sd3",
+            "safetensors",
+            {"clip_l": cl, "clip_g": cg, "t5xxl": t},
+            data,
+        )
+        cl, t = vec(3, 768), vec(3, 4096)
+        data = save_torch_safetensors({"clip_l": torch.from_numpy(cl), t5: torch.from_numpy(t)})
+        add(f"flux-{t5}.safetensors", "flux", "safetensors", {"clip_l": cl, "t5xxl": t}, data)
+    t = vec(2, 4096)
+    add(
+        "t5-only/learned_embeds.safetensors",
+        "diffusers",
+        "safetensors",
+        {"t5xxl": t},
+        make_diffusers_safetensors("<t5-only>", t, writer="package"),
+    )
     for i, suffix in enumerate((".safetensors", ".bin")):
         cl, cg = vec(2, 768), vec(2, 1280)
         token = f"<pair-{i}>"
@@ -317,6 +343,9 @@ def test_the_benign_set_covers_every_layout(benign: tuple[Path, list[Benign]]) -
         frozenset({"clip_l"}),
         frozenset({"clip_h"}),
         frozenset({"clip_l", "clip_g"}),
+        frozenset({"clip_l", "clip_g", "t5xxl"}),
+        frozenset({"clip_l", "t5xxl"}),
+        frozenset({"t5xxl"}),
     }
     assert {b.dtype for b in files} == {"float32", "float16", "bfloat16", "float64"}
 
@@ -378,6 +407,12 @@ def test_importing_the_benign_set_accepts_every_file(
         for i, b in enumerate(files):
             if set(b.slots) == {"clip_l", "clip_g"}:
                 data = make_sdxl(b.slots["clip_l"], b.slots["clip_g"], writer="conceptlib")
+            elif "t5xxl" in b.slots:  # the other T5 spelling
+                from safetensors.torch import save as save_torch_safetensors
+
+                data = save_torch_safetensors(
+                    {("t5" if k == "t5xxl" else k): torch.from_numpy(v) for k, v in b.slots.items()}
+                )
             else:
                 (v,) = b.slots.values()
                 data = make_emb_params_safetensors(v.reshape(-1, v.shape[-1]), writer="package")

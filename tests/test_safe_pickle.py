@@ -822,9 +822,10 @@ def test_a_list_shared_a_million_times_stays_shared() -> None:
 def test_a_tensor_may_claim_no_more_elements_than_an_embedding_holds(
     no_torch_load: list[bytes],
 ) -> None:
-    """75 vectors x 1280 x 3 encoders per tensor; all views together within the storage cap."""
+    """75 vectors x 4096 (T5-XXL) x 4 slots per tensor; all views together within the
+    storage cap."""
     cap = safe_pickle.MAX_TENSOR_ELEMENTS
-    assert cap == 75 * 1280 * 3
+    assert cap == 75 * 4096 * 4
     rows = cap // 768 + 1  # one row more than the cap, from a single stored row (stride 0)
     over = in_torch_zip(
         tensor_pickle(numel=768, shape=(rows, 768), stride=(0, 1)),

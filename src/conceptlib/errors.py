@@ -274,6 +274,13 @@ class BaseModelError(ConceptlibError):
     code = "base_model"
 
 
+class UnsupportedFamily(BaseModelError):
+    """A base model of a family conceptlib has no pipeline for yet (SD3, FLUX): its
+    embeddings can be imported, searched, exported and bundled, not composed or trained."""
+
+    code = "unsupported_family"
+
+
 # --------------------------------------------------------------------------- compose
 
 

@@ -35,6 +35,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "rename": ("conceptlib.cli.manage:rename_cmd", "Rename an embedding (and its token)."),
     "rm": ("conceptlib.cli.manage:rm_cmd", "Remove an embedding from the catalog."),
     "export": ("conceptlib.cli.manage:export_cmd", "Write an embedding for a UI or diffusers."),
+    "ui-sync": (
+        "conceptlib.cli.uisync:ui_sync_cmd",
+        "Keep a UI's embeddings folder in sync with the catalog.",
+    ),
     "verify": ("conceptlib.cli.manage:verify_cmd", "Check every blob and the database."),
     "gc": ("conceptlib.cli.manage:gc_cmd", "Remove orphan blobs from the store."),
     "compose": (

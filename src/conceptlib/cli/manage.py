@@ -235,6 +235,26 @@ UI_LAYOUTS = ["a1111", "comfyui", "invokeai", "diffusers"]
     help="Replace existing files that differ (a file with the same bytes is left as it is; "
     "without --overwrite a different one stops the export, exit 5).",
 )
+@click.option(
+    "--t5-key",
+    "t5_key",
+    type=click.Choice(["t5xxl", "t5"]),
+    default="t5xxl",
+    show_default=True,
+    help="SD3/FLUX: the key of the T5-XXL vectors, t5xxl (ComfyUI) or t5 (OneTrainer), e.g. "
+    "export flux-style --t5-key t5 -o flux-style.safetensors.",
+)
+@click.option(
+    "--bundle-into",
+    "bundle_into",
+    metavar="LORA",
+    type=click.Path(path_type=str),
+    default=None,
+    help="Write a copy of the LoRA .safetensors file LORA to -o OUT with NAME bundled in "
+    "(bundle_emb.NAME.*, read by A1111 and OneTrainer); the LoRA's tensors and metadata are "
+    "kept. The embedding's family must be the LoRA's, e.g. export cat-toy --bundle-into "
+    "cat-lora.safetensors -o cat-lora-bundled.safetensors.",
+)
 @json_option
 def export_cmd(
     name: str | None,
@@ -246,6 +266,8 @@ def export_cmd(
     pt: bool,
     for_ui: str | None,
     overwrite: bool,
+    t5_key: str,
+    bundle_into: str | None,
     as_json: bool,
 ) -> None:
     """Write an embedding in a format a UI or diffusers reads, or every embedding a prompt
@@ -263,6 +285,8 @@ def export_cmd(
       conceptlib export cat-toy --format diffusers -o ./cat-toy
       conceptlib export my-xl-style --format sdxl -o style.safetensors
       conceptlib export cat-toy --for invokeai -o ~/invokeai-imports
+      conceptlib export flux-style --t5-key t5 -o flux-style.safetensors
+      conceptlib export cat-toy --bundle-into cat-lora.safetensors -o cat-lora-ti.safetensors
       conceptlib export --for-prompt "a <cat-toy> in <ukiyoe:0.8> style" --negative "<easyneg>" \\
           --format comfyui -o ~/ComfyUI/models/embeddings
     """
@@ -298,6 +322,27 @@ def export_cmd(
         raise UsageError("give the NAME of the embedding to export (or --for-prompt PROMPT)")
     if negative or pt or base:
         raise UsageError("--negative, --base and --pt go with --for-prompt")
+    if bundle_into is not None:
+        if fmt or for_ui:
+            raise UsageError(
+                "--bundle-into writes the LoRA's own layout: without --format or --for"
+            )
+        from conceptlib.registry.bundles import bundle_into as write_bundle
+
+        with open_library() as lib:
+            facts = write_bundle(lib, name, bundle_into, out, t5_key=t5_key, overwrite=overwrite)
+        if as_json:
+            print_json(facts)
+            return
+        from conceptlib.cli.common import err_console
+        from conceptlib.cli.render import printable, safe_text
+
+        click.echo(safe_text(facts["output"]))
+        err_console().print(
+            f"{printable(facts['name'])} bundled as {', '.join(map(printable, facts['keys']))} "
+            f"into a copy of {printable(facts['lora'])} ({facts['family']})"
+        )
+        return
     fmt = for_ui or fmt or "safetensors"
     if fmt not in EXPORT_FORMATS and fmt != for_ui:
         raise UsageError(
@@ -305,7 +350,7 @@ def export_cmd(
             f"{', '.join(EXPORT_FORMATS)}"
         )
     with open_library() as lib:
-        paths = lib.export(name, fmt, out, overwrite=overwrite)
+        paths = lib.export(name, fmt, out, overwrite=overwrite, t5_key=t5_key)
     render_exported(paths, {"name": name, "format": fmt}, as_json=as_json)
 
 

@@ -36,7 +36,7 @@ from conceptlib.compose.prompt import EmbeddingRef, ParsedPrompt, format_weight
 from conceptlib.compose.resolve import ResolvedPrompt, resolve_prompt
 from conceptlib.compose.ui.a1111 import infotext
 from conceptlib.compose.ui.a1111 import parse_infotext as parse_infotext
-from conceptlib.errors import BaseModelError, ConceptlibError, UsageError
+from conceptlib.errors import BaseModelError, ConceptlibError, UnsupportedFamily, UsageError
 from conceptlib.schemas.enums import FAMILY_SLOTS, SLOT_WIDTH, WIDTH_SLOT, Family
 from conceptlib.schemas.names import name_key
 
@@ -180,6 +180,9 @@ def peek_family(ref: str | os.PathLike[str] | BaseModel | None) -> Family | None
     Knows the tiny models, diffusers folders (``text_encoder*/config.json``),
     single-file ``.safetensors`` checkpoints (tensor names in the header) and repo
     ids in the local Hugging Face cache. ``None`` when it cannot tell.
+
+    Raises:
+        UnsupportedFamily: an SD3 or FLUX model (no pipeline for them yet).
     """
     if ref is None:
         return None
@@ -199,6 +202,8 @@ def peek_family(ref: str | os.PathLike[str] | BaseModel | None) -> Family | None
             from conceptlib.models.single_file import single_file_family
 
             return single_file_family(path)
+    except UnsupportedFamily:
+        raise
     except (ConceptlibError, OSError, ValueError):
         return None
     if re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", text):
@@ -212,12 +217,20 @@ def peek_family(ref: str | os.PathLike[str] | BaseModel | None) -> Family | None
                 )
 
             return _folder_family(cached)
+        except UnsupportedFamily:
+            raise
         except Exception:
             return None
     return None
 
 
 def _folder_family(locate: Any) -> Family | None:
+    from conceptlib.models.family import folder_unsupported_family, unsupported_family
+
+    other = folder_unsupported_family(lambda rel: Path(locate(rel)))
+    if other is not None:
+        index = Path(locate("model_index.json"))
+        raise unsupported_family(other, str(index.parent) if index.is_file() else "the base model")
     widths = []
     for sub in ("text_encoder", "text_encoder_2"):
         cfg = Path(locate(f"{sub}/config.json"))

@@ -48,7 +48,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from conceptlib.errors import IncompatibleEmbedding, LoaderError, PartialCompatibility
-from conceptlib.schemas.enums import FAMILY_SLOTS, WIDTH_SLOT, Family, compatibility
+from conceptlib.schemas.enums import (
+    FAMILY_SLOTS,
+    WIDTH_SLOT,
+    Family,
+    compatibility,
+    shared_slots,
+)
 from conceptlib.schemas.names import expansion_tokens
 from conceptlib.schemas.vocabulary import is_tokenizer_word
 
@@ -215,8 +221,8 @@ def check_compatibility(
     if level == "partial" and strict:
         raise PartialCompatibility(
             f"{label} is an {fam.value} embedding ({shapes}); on this {model_desc}base model "
-            f"({width_text}) it reaches only the first text encoder, which --strict refuses",
-            hint="drop --strict to load it into the first encoder only",
+            f"({width_text}) it reaches only {_reach(fam, model_family)}, which --strict refuses",
+            hint="drop --strict to load it into the encoders it fits only",
             name=label,
             embedding_family=fam.value,
             model_family=model_family.value if model_family else None,
@@ -226,12 +232,33 @@ def check_compatibility(
     return level
 
 
+def _reach(emb_family: Family, model_family: Family | None) -> str:
+    """Which of the model's text encoders an embedding of ``emb_family`` reaches."""
+    if model_family is None:
+        return "some text encoders"
+    slots = FAMILY_SLOTS[model_family]
+    shared = shared_slots(emb_family, model_family)
+    if shared == list(slots[:1]) and len(slots) > 1:
+        return "the first text encoder"
+    return f"the {' and '.join(shared)} text encoder" + ("s" if len(shared) > 1 else "")
+
+
 def partial_note(label: str, emb_family: Family | str, model_family: Family | None) -> str:
-    fam = Family(emb_family).value
+    fam = Family(emb_family)
     model = model_family.value if model_family else "this"
+    missing: list[str] = []
+    if model_family is not None:
+        shared = shared_slots(fam, model_family)
+        missing = [s for s in FAMILY_SLOTS[model_family] if s not in shared]
+    if missing == ["clip_g"] and model_family == Family.SDXL:
+        left = " (the second gets neutral vectors)"
+    elif missing:
+        left = f" ({' and '.join(missing)} get neutral vectors)"
+    else:
+        left = " (its other vectors are left out)"
     return (
-        f"{label} is an {fam} embedding: on the {model} model it reaches only the first "
-        "text encoder (the second gets neutral vectors)"
+        f"{label} is an {fam.value} embedding: on the {model} model it reaches only "
+        f"{_reach(fam, model_family)}{left}"
     )
 
 

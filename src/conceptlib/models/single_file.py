@@ -15,7 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from conceptlib.errors import BaseModelError
-from conceptlib.models.family import _extra_kwargs, _folder_family, _pipeline_class
+from conceptlib.models.family import (
+    _extra_kwargs,
+    _folder_family,
+    _pipeline_class,
+    unsupported_family,
+)
 from conceptlib.models.fingerprint import _MAX_HEADER
 from conceptlib.models.folders import _REPO_ID, _cached_snapshot, _require_diffusers_folder
 from conceptlib.models.libraries import _dtype_kwargs, _offline
@@ -63,6 +68,10 @@ def single_file_markers(path: Path) -> dict[str, bool]:
 def single_file_family(path: Path) -> Family:
     """The family of an original-layout (LDM) checkpoint, from its tensor names."""
     keys = _safetensors_keys(path)
+    if any("double_blocks." in k or "single_blocks." in k for k in keys):
+        raise unsupported_family(Family.FLUX, str(path))
+    if any("joint_blocks." in k for k in keys):
+        raise unsupported_family(Family.SD3, str(path))
     if any(k.startswith("conditioner.embedders.1.") for k in keys):
         return Family.SDXL
     if any(k.startswith("cond_stage_model.model.") for k in keys):

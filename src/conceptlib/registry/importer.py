@@ -10,7 +10,8 @@ rejection, never the end of the import.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -78,10 +79,11 @@ def import_paths(
     seen_tensors: dict[str, str] = {}
     total = len(files)
     mark = len(lib.store.created)
-    for i, f in enumerate(files):
+    prepared = _prepared(files, name, kind_value, user_tags, base_model, token)
+    for i, f, make in prepared:
         outcome = ImportOutcome(path=str(f), status="rejected")
         try:
-            pending = prepare_file(f, name, kind_value, user_tags, base_model, token=token)
+            pending = make()
             outcome.tensor_sha256 = pending.tensor_sha256
             outcome.flags = list(pending.embedding.flags)
             outcome.notes = list(pending.notes)
@@ -171,6 +173,40 @@ def import_paths(
             on_progress(i + 1, total, str(f))
     lib._flush(batch, mark)
     return report
+
+
+def _prepared(
+    files: Sequence[Path],
+    name: str | None,
+    kind: str | None,
+    tags: list[str],
+    base_model: str | None,
+    token: str | None,
+) -> Iterator[tuple[int, Path, Callable[[], PendingEntry]]]:
+    """``(file index, file, make)`` for each entry to import: ``make()`` returns the
+    pending entry or raises why it cannot be one. A LoRA file with ``bundle_emb.*``
+    tensors gives one item per bundled embedding (:mod:`~conceptlib.registry.bundles`);
+    any other file one item (:func:`~conceptlib.registry.pending.prepare_file`)."""
+    from conceptlib.registry.bundles import prepare_bundles
+    from conceptlib.registry.formats.bundle import has_bundles
+
+    def fail(exc: Exception) -> Callable[[], PendingEntry]:
+        def make() -> PendingEntry:
+            raise exc
+
+        return make
+
+    for i, f in enumerate(files):
+        if not has_bundles(f):
+            yield i, f, partial(prepare_file, f, name, kind, tags, base_model, token=token)
+            continue
+        try:
+            _lora, items = prepare_bundles(f, name, kind, tags, base_model, token=token)
+        except (ConceptlibError, OSError) as exc:
+            yield i, f, fail(exc)
+            continue
+        for item in items:
+            yield i, f, fail(item) if isinstance(item, Exception) else partial(lambda p: p, item)
 
 
 def _keep_families_apart(

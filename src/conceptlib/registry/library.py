@@ -873,7 +873,13 @@ class Library:
     # ------------------------------------------------------------------ export
 
     def export(
-        self, name: str, fmt: str, out: str | os.PathLike[str], *, overwrite: bool = False
+        self,
+        name: str,
+        fmt: str,
+        out: str | os.PathLike[str],
+        *,
+        overwrite: bool = False,
+        t5_key: str = "t5xxl",
     ) -> originals.ExportedFiles:
         """Write an entry in one of the formats UIs read.
 
@@ -888,7 +894,8 @@ class Library:
         file's bytes are written (so its SHA-256, A1111 hash and AutoV2 are the ones
         other sites show for it) and listed in the result's ``original``; otherwise the
         bytes are written fresh, the same for the same vectors every time
-        (:mod:`~conceptlib.registry.originals`).
+        (:mod:`~conceptlib.registry.originals`). ``t5_key``: SD3/FLUX's T5 key,
+        ``t5xxl`` (ComfyUI) or ``t5`` (OneTrainer).
 
         Returns:
             The paths written (a list), with ``.original``: those holding the original
@@ -913,7 +920,7 @@ class Library:
             )
         info = self.get(name)
         check_writable(fmt, info.family, what=repr(info.name))
-        written = originals.entry_files(self, info, fmt)
+        written = originals.entry_files(self, info, fmt, t5_key=t5_key)
         files = export_layout(written, fmt, name=info.name)
         out_path = Path(out).expanduser()
         if len(files) == 1 and fmt != "invokeai" and not out_path.is_dir() and out_path.suffix:

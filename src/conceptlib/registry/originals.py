@@ -147,11 +147,14 @@ def _stands_in(original: bytes, fresh: bytes, fmt: str, info: EmbeddingInfo) -> 
     return shapes is not None and shapes == _shapes(fresh)
 
 
-def entry_files(lib: Library, info: EmbeddingInfo, fmt: str) -> EntryFiles:
+def entry_files(
+    lib: Library, info: EmbeddingInfo, fmt: str, *, t5_key: str = "t5xxl"
+) -> EntryFiles:
     """The files of ``info`` in write format ``fmt`` (names as
     :func:`~conceptlib.registry.formats.write.write_embedding` gives them): the
     original file's bytes when it has that layout (see the module's table), else
-    freshly written, deterministic bytes.
+    freshly written, deterministic bytes; a fresh ``.safetensors`` file carries
+    ModelSpec metadata and our provenance (:mod:`~conceptlib.registry.modelspec`).
 
     Raises:
         UsageError: an unknown format, or one the entry's family cannot use.
@@ -159,7 +162,11 @@ def entry_files(lib: Library, info: EmbeddingInfo, fmt: str) -> EntryFiles:
     """
     from conceptlib.registry.formats import write_embedding
 
-    fresh = write_embedding(lib.load(info), fmt, name=info.name, token=info.token)
+    fresh = _with_modelspec(
+        info,
+        fmt,
+        write_embedding(lib.load(info), fmt, name=info.name, token=info.token, t5_key=t5_key),
+    )
     if len(fresh) != 1 or fmt not in _LAYOUTS.values():
         return EntryFiles(fresh)
     original = original_bytes(lib, info)
@@ -167,6 +174,19 @@ def entry_files(lib: Library, info: EmbeddingInfo, fmt: str) -> EntryFiles:
     if original is None or (original != data and not _stands_in(original, data, fmt, info)):
         return EntryFiles(fresh)
     return EntryFiles({rel: original}, original=[rel])
+
+
+def _with_modelspec(info: EmbeddingInfo, fmt: str, files: dict[str, bytes]) -> dict[str, bytes]:
+    """``files`` with ModelSpec metadata and our provenance in each ``.safetensors``
+    header (:mod:`~conceptlib.registry.modelspec`); other files as they are."""
+    from conceptlib.registry.modelspec import export_metadata, with_metadata
+
+    return {
+        rel: with_metadata(data, export_metadata(info, fmt, data))
+        if rel.endswith(".safetensors")
+        else data
+        for rel, data in files.items()
+    }
 
 
 def kept_original(data: bytes | None, sha: str, tensor_sha256: str) -> bytes:

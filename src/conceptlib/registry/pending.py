@@ -7,22 +7,27 @@ never touches the catalog or the store.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import struct
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from conceptlib.catalog.query import normalize_tag
-from conceptlib.errors import EmbeddingFileError, InvalidName
+from conceptlib.errors import ConceptlibError, EmbeddingFileError, InvalidName
 from conceptlib.registry.fields import checked_token
 from conceptlib.registry.folders import file_stem, read_sidecars
 from conceptlib.registry.formats.embedding import Embedding, sha256_hex
+from conceptlib.registry.modelspec import FileMetadata
 from conceptlib.schemas.enums import Kind, Source
 from conceptlib.schemas.names import (
     derive_name,
+    invokeai_name,
     name_key,
     strip_brackets,
+    tokenizer_form,
     validate_name,
     validate_token,
 )
@@ -114,6 +119,7 @@ DERIVATION_REASONS = {
     "token-in-file": "named after the token inside the file (the file name is generic)",
     "folder-name": "named after the folder (a generic learned_embeds file without a token)",
     "name-in-image": "the name inside an A1111 image embedding, which A1111 triggers by",
+    "name-in-metadata": "the name recorded in the file's header (conceptlib.provenance)",
     "ordinary-word": "an ordinary word: as a trigger it would change that word's meaning",
     "name-taken": "the name belongs to an entry of another family: the family is appended",
     "invalid-token": "the file's token cannot be a trigger token: the name is the token",
@@ -307,12 +313,21 @@ def prepare_file(
     generic = file_stem(path).lower().startswith("learned_embeds")
     concept = _concept_files(path.parent) if generic else _ConceptFiles()
     file_token = concept.token or parsed.token
+    meta = _header_metadata(path, parsed)
+    prov = meta.provenance
     derived: list[Derivation] = []
     if name:
         final_name = validate_name(name)
     else:
         final_name, how = _derive_file_name(path, parsed, file_token)
         derived += [how] if how else []
+        final_name, how = _name_from_metadata(path, final_name, prov.get("name"), generic)
+        if how is not None:
+            derived = [how]
+    # The recorded token belongs to the recorded name (not to a --name given here).
+    meta_token = prov.get("token") if prov.get("name") == final_name else None
+    if meta_token and file_token and tokenizer_form(meta_token) != tokenizer_form(file_token):
+        meta_token = None  # the key inside the file is what diffusers triggers
     if is_common_word(final_name):
         if name:
             raise InvalidName(
@@ -347,7 +362,7 @@ def prepare_file(
                 )
             )
     else:
-        final_token, how = token_from_outside(file_token, final_name)
+        final_token, how = token_from_outside(meta_token or file_token, final_name)
         derived += [how] if how else []
         if how is None and concept.token and parsed.token and parsed.token != final_token:
             derived.append(
@@ -366,7 +381,13 @@ def prepare_file(
     if concept.token and final_token != concept.token:
         extra["token_identifier"] = kept_text(concept.token)
     if parsed.metadata:
-        extra["file_metadata"] = _json_safe(parsed.metadata)
+        extra["file_metadata"] = _json_safe(_without_modelspec(parsed.metadata))
+    if meta.modelspec:
+        extra["modelspec"] = {k: v for k, v in meta.modelspec.items() if k != "description"}
+    if prov:
+        extra["provenance"] = prov
+    if prov.get("name") and prov["name"] != final_name:
+        extra["name_in_metadata"] = prov["name"]
     if parsed.name_hint and parsed.name_hint != final_name:
         extra["name_in_file"] = kept_text(parsed.name_hint)
     if renamed_from:
@@ -374,9 +395,12 @@ def prepare_file(
         extra["rename_reason"] = "ordinary word: as a trigger it would change its meaning"
     if sidecar.trained_words:
         extra["trained_words"] = sidecar.trained_words
+    elif meta.trigger_words and not prov:  # ours names the entry itself: nothing new
+        extra["trained_words"] = meta.trigger_words
     if sidecar.notes:
         extra["notes"] = sidecar.notes
-    all_tags = sorted(set(tags) | {validate_tag(t) for t in sidecar.tags if _tag_ok(t)})
+    outside_tags = [*sidecar.tags, *meta.tags]
+    all_tags = sorted(set(tags) | {validate_tag(t) for t in outside_tags if _tag_ok(t)})
     new_previews: list[tuple[str, str, bytes]] = []
     if sidecar.preview is not None:
         fname, pdata = sidecar.preview
@@ -386,23 +410,91 @@ def prepare_file(
         embedding=parsed.embedding,
         name=final_name,
         token=final_token,
-        kind=kind or concept.kind or sidecar.kind or Kind.OTHER.value,
+        kind=kind or concept.kind or sidecar.kind or meta.kind or Kind.OTHER.value,
         source=sidecar.source or Source.FILE.value,
         source_ref=str(path.resolve()),
         file_sha256=file_sha256,
         tensor_sha256=sha256_hex(canonical),
-        base_model=base_model or sidecar.base_model,
-        description=sidecar.description,
+        base_model=base_model or sidecar.base_model or prov.get("base_model"),
+        initializer=prov.get("initializer"),
+        training_images_hash=prov.get("training_images_hash"),
+        description=sidecar.description or meta.description,
+        license=meta.license,
         tags=all_tags,
         extra=extra,
         path=str(path),
         canonical=canonical,
         new_previews=new_previews,
         derived=derived,
-        notes=list(sidecar.warnings),
+        notes=[*sidecar.warnings, *meta.warnings],
     )
     pending.original = _original(path, parsed, file_sha256)
     return pending
+
+
+def _header_metadata(path: Path, parsed: Any) -> FileMetadata:
+    """What a safetensors header's ``__metadata__`` says (ModelSpec keys and our
+    provenance), checked (:func:`~conceptlib.registry.modelspec.read_file_metadata`);
+    ``modelspec.hash_sha256`` is checked against the file's tensor data, read again
+    with a size cap."""
+    from conceptlib.config import MAX_EMBEDDING_FILE_BYTES
+    from conceptlib.registry.modelspec import read_file_metadata, tensor_data_sha256
+
+    raw = parsed.metadata.get("safetensors_metadata")
+    if not isinstance(raw, dict) or parsed.container != "safetensors":
+        return FileMetadata()
+    data_sha = None
+    if "modelspec.hash_sha256" in raw and parsed.format != "diffusers-sdxl-pair":
+        try:
+            with path.open("rb") as fh:
+                data = fh.read(MAX_EMBEDDING_FILE_BYTES + 1)
+            if hashlib.sha256(data).hexdigest() == parsed.file_sha256:
+                data_sha = tensor_data_sha256(data)
+        except (OSError, ValueError, struct.error):
+            data_sha = None
+    return read_file_metadata(
+        raw,
+        tensor_sha256=parsed.embedding.tensor_sha256,
+        family=parsed.embedding.family.value,
+        data_sha256=data_sha,
+    )
+
+
+def _without_modelspec(metadata: dict[str, Any]) -> dict[str, Any]:
+    """A file's metadata without the header keys kept, checked, on their own
+    (``modelspec.*``, our provenance): an unchecked copy would bypass the checks."""
+    from conceptlib.registry.modelspec import PROVENANCE_KEY
+
+    raw = metadata.get("safetensors_metadata")
+    if not isinstance(raw, dict):
+        return metadata
+    kept = {k: v for k, v in raw.items() if not (k.startswith("modelspec.") or k == PROVENANCE_KEY)}
+    out = {k: v for k, v in metadata.items() if k != "safetensors_metadata"}
+    if kept:
+        out["safetensors_metadata"] = kept
+    return out
+
+
+def _name_from_metadata(
+    path: Path, derived: str, recorded: str | None, generic: bool
+) -> tuple[str, Derivation | None]:
+    """The recorded name (our provenance) when the file still carries the name an export
+    gave it (the name itself, the name a UI needed it mapped to, or a generic
+    ``learned_embeds``); a file renamed since keeps its file name: A1111 triggers by it."""
+    if not recorded or recorded == derived:
+        return derived, None
+    stems = {name_key(recorded)}
+    with contextlib.suppress(ConceptlibError):
+        stems.add(name_key(invokeai_name(recorded)))
+    if not generic and name_key(derived) not in stems:
+        return derived, None
+    return recorded, Derivation(
+        "name",
+        recorded,
+        kept_text(file_stem(path)),
+        "name-in-metadata",
+        f"the name recorded in the file's header: write {recorded} in prompts",
+    )
 
 
 def _original(path: Path, parsed: Any, sha: str) -> bytes:

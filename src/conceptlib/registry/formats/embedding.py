@@ -1,7 +1,7 @@
 """The canonical embedding: what every file format is turned into.
 
-``vectors`` maps a text-encoder slot (``clip_l``, ``clip_h``, ``clip_g``) to a
-float32 array ``[n, d]``. The family comes from the set of slots, never from one
+``vectors`` maps a text-encoder slot (``clip_l``, ``clip_h``, ``clip_g``,
+``t5xxl``) to a float32 array ``[n, d]``. The family comes from the set of slots, never from one
 number; identity is the SHA-256 of the canonical safetensors serialization.
 """
 
@@ -17,39 +17,46 @@ import numpy as np
 from conceptlib.config import FP16_MAX, MAX_VECTORS
 from conceptlib.errors import BadTensor, FamilyMismatch
 from conceptlib.registry.formats.safetensors_io import write_safetensors
-from conceptlib.schemas.enums import FAMILY_SLOTS, SLOT_WIDTH, WIDTH_SLOT, Family
+from conceptlib.schemas.enums import EMBEDDING_FAMILIES, SLOT_WIDTH, WIDTH_SLOT, Family
 
 # Real CLIP token embeddings have per-vector L2 norms of roughly 0.3-1.5 (SD 1.x)
 # and trained textual-inversion vectors rarely exceed ~20; far outside that range
 # the file is kept but flagged.
-SLOT_ORDER = ("clip_l", "clip_h", "clip_g")
+SLOT_ORDER = ("clip_l", "clip_h", "clip_g", "t5xxl")
 NORM_LOW = 1e-3
 NORM_HIGH = 200.0
 
 
 def family_of(slots: Mapping[str, np.ndarray]) -> Family:
-    """Derive the family from the slot set; raise :class:`FamilyMismatch` if none fits."""
+    """Derive the family from the slot set (:data:`~conceptlib.schemas.enums.EMBEDDING_FAMILIES`);
+    raise :class:`FamilyMismatch` if none fits, or if the slots of a several-encoder
+    family hold different numbers of vectors."""
     names = set(slots)
     shapes = ", ".join(f"{k}={list(v.shape)}" for k, v in sorted(slots.items()))
-    for fam, fam_slots in FAMILY_SLOTS.items():
-        if names == set(fam_slots):
-            if fam == Family.SDXL:
-                rows = {slots[s].shape[0] for s in fam_slots}
-                if len(rows) != 1:
-                    raise FamilyMismatch(
-                        f"SDXL embedding with unequal row counts ({shapes}); expected clip_l and "
-                        "clip_g with the same number of vectors"
-                    )
-            return fam
-    if names == {"clip_l", "clip_g", "clip_h"} or (names and names - set(SLOT_WIDTH)):
+    fam = EMBEDDING_FAMILIES.get(frozenset(names))
+    if fam is not None:
+        rows = {slots[s].shape[0] for s in names}
+        if len(rows) != 1:
+            what = {
+                Family.SDXL: "clip_l and clip_g",
+                Family.SD3: "clip_l, clip_g and t5xxl",
+                Family.FLUX: "clip_l and t5xxl",
+            }.get(fam, "every slot")
+            raise FamilyMismatch(
+                f"{fam.value.upper()} embedding with unequal row counts ({shapes}); expected "
+                f"{what} with the same number of vectors"
+            )
+        return fam
+    if names and names - set(SLOT_WIDTH):
         raise FamilyMismatch(f"slots {shapes} fit no base-model family")
-    if "clip_g" in names and "clip_l" not in names:
+    if "clip_g" in names and "clip_l" not in names and "t5xxl" not in names:
         raise FamilyMismatch(
             f"SDXL embedding without clip_l ({shapes}); expected clip_l [n,768] and clip_g [n,1280]"
         )
     raise FamilyMismatch(
         f"slots {shapes} fit no base-model family; expected {{clip_l}} (SD 1.x), {{clip_h}} "
-        "(SD 2.x) or {clip_l, clip_g} (SDXL)"
+        "(SD 2.x), {clip_l, clip_g} (SDXL), {clip_l, clip_g, t5xxl} (SD3) or "
+        "{clip_l, t5xxl} (FLUX)"
     )
 
 
@@ -93,7 +100,8 @@ class Embedding:
 
     @classmethod
     def from_slots(cls, slots: Mapping[str, Any], *, path: str | None = None) -> Embedding:
-        """Build from explicit slots (``clip_l``/``clip_h``/``clip_g``), validating everything."""
+        """Build from explicit slots (``clip_l``/``clip_h``/``clip_g``/``t5xxl``), validating
+        everything."""
         vectors = {k: as_matrix(k, v, path=path) for k, v in slots.items()}
         return cls._validated(vectors, path=path)
 
@@ -106,7 +114,7 @@ class Embedding:
         if slot is None:
             raise FamilyMismatch(
                 f"tensor {key!r} has width {width} (shape {list(arr.shape)}); expected 768 "
-                "(SD 1.x), 1024 (SD 2.x) or 768 + 1280 (SDXL)",
+                "(SD 1.x), 1024 (SD 2.x), 768 + 1280 (SDXL) or 4096 (T5-XXL: SD3, FLUX)",
                 path=path,
             )
         return cls._validated({slot: arr}, path=path)
@@ -155,7 +163,7 @@ class Embedding:
 
     @property
     def dims(self) -> list[int]:
-        """Widths in encoder order (clip_l, clip_h, clip_g): SDXL is ``[768, 1280]``."""
+        """Widths in encoder order (clip_l, clip_h, clip_g, t5xxl): SDXL is ``[768, 1280]``."""
         return [int(self.vectors[s].shape[1]) for s in self.slots]
 
     @property

@@ -63,8 +63,8 @@ from conceptlib.schemas.enums import SLOT_WIDTH
 
 #: The largest real embedding (75 SDXL vectors, float64) declares 1.2 MB of storage.
 MAX_DECLARED_STORAGE_BYTES = 4 * 1024 * 1024
-#: Most elements one tensor may claim: 75 vectors (CLIP's window) x 1280 (the widest
-#: text encoder, clip_g) x 3 (every text encoder at once). Checked on the view
+#: Most elements one tensor may claim: 75 vectors (CLIP's window) x 4096 (the widest
+#: text encoder, SD3/FLUX's T5-XXL) x 4 (every slot at once). Checked on the view
 #: (offset, size, stride) before torch builds it.
 MAX_TENSOR_ELEMENTS = MAX_VECTORS * max(SLOT_WIDTH.values()) * len(SLOT_WIDTH)
 #: torch.save writes a few hundred opcodes for an embedding; ParameterDict ~300.

@@ -7,12 +7,14 @@ Reading happens in two steps, each a small table tried in a fixed order:
    pickle stream, PNG, WebP. Pickles only ever go through
    :func:`~conceptlib.registry.formats.safe_pickle.safe_torch_load`.
 2. :data:`LAYOUTS` recognises the layout by the keys of what the container held:
-   A1111 (``string_to_param``), SDXL (``clip_l``/``clip_g``), pivotal tuning
-   (``text_encoders_0/1``, ``bundle_emb.*``), kohya's ``emb_params``, and diffusers'
-   single ``{token: tensor}``.
+   A1111 (``string_to_param``), keys named after the text encoders (SD3/FLUX:
+   ``clip_l``/``clip_g``/``t5xxl``, OneTrainer's ``t5``), SDXL (``clip_l``/``clip_g``),
+   pivotal tuning (``text_encoders_0/1``, ``bundle_emb.*``), kohya's ``emb_params``,
+   and diffusers' single ``{token: tensor}``.
 
-Slots always come from tensor widths (768 clip_l, 1024 clip_h, 1280 clip_g), never
-from key names alone and never from a float count.
+Slots always come from tensor widths (768 clip_l, 1024 clip_h, 1280 clip_g, 4096
+t5xxl), never from key names alone and never from a float count. A LoRA file with
+several ``bundle_emb.<name>.*`` embeddings is read by :mod:`.bundle`.
 """
 
 from __future__ import annotations
@@ -59,7 +61,7 @@ from conceptlib.registry.formats.safetensors_io import (
     looks_like_safetensors,
     read_safetensors,
 )
-from conceptlib.schemas.enums import WIDTH_SLOT
+from conceptlib.schemas.enums import SLOT_WIDTH, WIDTH_SLOT, canonical_slot
 
 __all__ = [
     "CONTAINERS",
@@ -78,6 +80,8 @@ READ_FORMATS = (
     "emb_params",
     "diffusers",
     "sdxl",
+    "sd3",
+    "flux",
     "diffusers-sdxl-pair",
     "a1111-png",
     "pti",
@@ -97,6 +101,8 @@ _GENERIC_KEYS = {
     "clip_l",
     "clip_h",
     "clip_g",
+    "t5",
+    "t5xxl",
     "embedding",
     "string_to_param.*",
     "weight",
@@ -112,7 +118,8 @@ _LFS_PREFIXES = (
     b"version https://hawser.github.com/spec/",
 )
 _SUPPORTED = (
-    "safetensors ({token: [n,d]}, emb_params, clip_l+clip_g, text_encoders_0/1), PyTorch "
+    "safetensors ({token: [n,d]}, emb_params, clip_l+clip_g, clip_l+clip_g+t5xxl, "
+    "clip_l+t5xxl, text_encoders_0/1), PyTorch "
     ".pt/.bin (A1111 or the Textual Inversion paper's string_to_param, emb_params, "
     "{token: tensor}), an A1111 embedding image (PNG or WebP: sd-ti-embedding chunk or side strips)"
 )
@@ -125,7 +132,8 @@ class ParsedFile:
     Attributes:
         embedding: the validated canonical embedding.
         format: the layout: ``a1111-pt``, ``emb_params``, ``diffusers``, ``sdxl``,
-            ``diffusers-sdxl-pair``, ``a1111-png`` or ``pti``.
+            ``diffusers-sdxl-pair``, ``sd3``, ``flux`` (keys named after the text
+            encoders), ``a1111-png`` or ``pti``.
         container: ``safetensors``, ``torch-zip``, ``torch-legacy``, ``png`` or ``webp``.
         token: a real trigger token from the file (a diffusers key such as
             ``<cat-toy>``); None for layout keys (``*``, ``emb_params``, ``clip_l``...).
@@ -241,7 +249,7 @@ def _slots_by_width(
         if slot is None:
             raise FamilyMismatch(
                 f"tensor {key!r} has width {arr.shape[1]} (shape {list(arr.shape)}); expected 768 "
-                "(clip_l), 1024 (clip_h) or 1280 (clip_g)",
+                "(clip_l), 1024 (clip_h), 1280 (clip_g) or 4096 (t5xxl)",
                 path=path,
             )
         if slot in slots:
@@ -250,7 +258,7 @@ def _slots_by_width(
                 "(clip_l) and one 1280-wide (clip_g)",
                 path=path,
             )
-        if key in ("clip_l", "clip_h", "clip_g") and key != slot:
+        if canonical_slot(key) in SLOT_WIDTH and canonical_slot(key) != slot:
             swapped = True
         slots[slot] = arr
     return slots, swapped
@@ -469,6 +477,61 @@ def _read_sdxl(obj: Mapping[Any, Any], loaded: _Loaded, path: str | None) -> Par
     return ParsedFile(emb, fmt, loaded.container, None, None, metadata)
 
 
+#: OneTrainer's "output embeddings" (a vector added after the text encoder), beside its
+#: input vectors: ``clip_l_out``, ``clip_g_out``, ``t5_out``. No UI applies them; they
+#: are left out of the entry and counted in ``metadata["output_vectors_left_out"]``.
+_OUT_SUFFIX = "_out"
+_ENCODER_KEYS = frozenset({"clip_l", "clip_g", "t5", "t5xxl"})
+
+
+def _is_output_key(key: str) -> bool:
+    return key.endswith(_OUT_SUFFIX) and key[: -len(_OUT_SUFFIX)] in _ENCODER_KEYS
+
+
+def _is_encoder_keyed(obj: Mapping[Any, Any]) -> bool:
+    """Keys named after the text encoders with a T5 one (SD3, FLUX) or OneTrainer's
+    output vectors beside them; a plain ``clip_l``/``clip_g`` file is :func:`_read_sdxl`'s."""
+    keys = set(_tensors_of(obj))
+    inputs = {k for k in keys if not _is_output_key(k)}
+    if not inputs or not inputs <= _ENCODER_KEYS:
+        return False
+    return bool(inputs & {"t5", "t5xxl"}) or inputs != keys
+
+
+def encoder_slots(
+    tensors: Mapping[str, Any], path: str | None
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Slots of tensors keyed by encoder (``clip_l``, ``clip_g``, ``t5``/``t5xxl``; output
+    vectors left out), assigned by width; and what the keys said (metadata)."""
+    inputs = {k: v for k, v in tensors.items() if not _is_output_key(k)}
+    if {"t5", "t5xxl"} <= set(inputs):
+        raise AmbiguousEmbedding(
+            f"file holds both t5 {_shape(inputs['t5'])} and t5xxl {_shape(inputs['t5xxl'])}; "
+            "expected one T5-XXL tensor (OneTrainer names it t5, ComfyUI t5xxl)",
+            path=path,
+            candidates=["t5", "t5xxl"],
+        )
+    slots, swapped = _slots_by_width(inputs, path)
+    metadata: dict[str, Any] = {}
+    if swapped:
+        metadata["slot_names_swapped"] = True
+    if "t5" in inputs:
+        metadata["t5_key"] = "t5"
+    elif "t5xxl" in inputs:
+        metadata["t5_key"] = "t5xxl"
+    left_out = sorted(k for k in tensors if _is_output_key(k))
+    if left_out:
+        metadata["output_vectors_left_out"] = left_out
+    return slots, metadata
+
+
+def _read_encoder_keyed(obj: Mapping[Any, Any], loaded: _Loaded, path: str | None) -> ParsedFile:
+    slots, facts = encoder_slots(_tensors_of(obj), path)
+    emb = Embedding.from_slots(slots, path=path)
+    metadata = {**loaded.metadata, **_extras(obj, set()), **facts}
+    return ParsedFile(emb, emb.family.value, loaded.container, None, None, metadata)
+
+
 def _is_pti(obj: Mapping[Any, Any]) -> bool:
     tensors = _tensors_of(obj)
     return "text_encoders_0" in tensors or any(k.startswith("bundle_emb.") for k in tensors)
@@ -483,15 +546,7 @@ def _read_pti(obj: Mapping[Any, Any], loaded: _Loaded, path: str | None) -> Pars
         emb = Embedding.from_single(tensors["text_encoders_0"], key="text_encoders_0", path=path)
         return ParsedFile(emb, "pti", loaded.container, None, None, metadata)
     # OneTrainer / kohya bundles: bundle_emb.<name>.<part> inside a LoRA file.
-    bundles: dict[str, dict[str, Any]] = {}
-    for key, value in tensors.items():
-        if key.startswith("bundle_emb."):
-            name, _, part = key[len("bundle_emb.") :].rpartition(".")
-            if not name:
-                name, part = part, "*"
-            if name.endswith(".string_to_param"):
-                name = name[: -len(".string_to_param")]
-            bundles.setdefault(name, {})[key] = value
+    bundles = bundle_parts(tensors)
     if len(bundles) != 1:
         raise AmbiguousEmbedding(
             f"file bundles {len(bundles)} embeddings ({', '.join(sorted(bundles))}); expected one",
@@ -499,15 +554,58 @@ def _read_pti(obj: Mapping[Any, Any], loaded: _Loaded, path: str | None) -> Pars
             candidates=sorted(bundles),
         )
     name, parts = next(iter(bundles.items()))
-    if len(parts) == 1:
-        key, value = next(iter(parts.items()))
-        emb = Embedding.from_single(value, key=key, path=path)
-    else:
-        slots, _ = _slots_by_width(parts, path)
-        emb = Embedding.from_slots(slots, path=path)
+    emb, facts = bundle_embedding(name, parts, path)
+    metadata.update(facts)
     metadata["bundle"] = name
     metadata["ignored_tensors"] = len(tensors) - len(parts)
     return ParsedFile(emb, "pti", loaded.container, None, name, metadata)
+
+
+#: The prefix of an embedding bundled in a LoRA file: ``bundle_emb.<name>.<part>``.
+BUNDLE_PREFIX = "bundle_emb."
+
+
+def bundle_parts(tensors: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """The ``bundle_emb.<name>.<part>`` tensors grouped by ``<name>``, as A1111 groups
+    them: the name is the first dot-separated part after the prefix, ``<part>`` the
+    rest (``string_to_param.*``, ``emb_params``, ``clip_l``, ``clip_g``, ``t5``...).
+    A key without a part (``bundle_emb.<name>``) is that name's one tensor (``*``)."""
+    bundles: dict[str, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        if key.startswith(BUNDLE_PREFIX):
+            name, _, part = key[len(BUNDLE_PREFIX) :].partition(".")
+            bundles.setdefault(name, {})[part or "*"] = value
+    return bundles
+
+
+def bundle_embedding(
+    name: str, parts: Mapping[str, Any], path: str | None
+) -> tuple[Embedding, dict[str, Any]]:
+    """The embedding of one bundle's parts (``<part>`` -> tensor), and what its keys said.
+
+    One part (``string_to_param.*``, ``emb_params``, ``*``) is one encoder's vectors,
+    the slot from its width; several are keyed by encoder (``clip_l``, ``clip_g``,
+    ``t5``/``t5xxl``; OneTrainer's ``*_out`` output vectors are left out).
+    """
+    if len(parts) == 1:
+        part, value = next(iter(parts.items()))
+        key = f"{BUNDLE_PREFIX}{name}.{part}"
+        if canonical_slot(part) in SLOT_WIDTH:
+            slots, facts = encoder_slots({part: value}, path)
+            return Embedding.from_slots(slots, path=path), facts
+        return Embedding.from_single(value, key=key, path=path), {}
+    unknown = sorted(
+        p for p in parts if canonical_slot(p) not in SLOT_WIDTH and not _is_output_key(p)
+    )
+    if unknown:
+        raise AmbiguousEmbedding(
+            f"bundled embedding {name!r} has parts {', '.join(sorted(parts))}; expected one "
+            "tensor or parts named after the text encoders (clip_l, clip_g, t5xxl)",
+            path=path,
+            candidates=sorted(parts),
+        )
+    slots, facts = encoder_slots(dict(parts), path)
+    return Embedding.from_slots(slots, path=path), facts
 
 
 def _is_emb_params(obj: Mapping[Any, Any]) -> bool:
@@ -544,6 +642,7 @@ LAYOUTS: list[
     ]
 ] = [
     ("a1111-pt", _is_a1111, _read_a1111),
+    ("sd3-flux", _is_encoder_keyed, _read_encoder_keyed),
     ("sdxl", _is_sdxl, _read_sdxl),
     ("pti", _is_pti, _read_pti),
     ("emb_params", _is_emb_params, _read_emb_params),

@@ -88,14 +88,21 @@ def _no_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:
     return out
 
 
-def parse_header(data: bytes) -> tuple[dict[str, dict], dict[str, str], int]:
-    """Validate the header; return ``(entries, metadata, data_start)``."""
+def parse_header(
+    data: bytes, *, total_size: int | None = None, max_header_bytes: int = MAX_HEADER_BYTES
+) -> tuple[dict[str, dict], dict[str, str], int]:
+    """Validate the header; return ``(entries, metadata, data_start)``.
+
+    ``data`` is the whole file, or (with ``total_size``, the file's size) only its
+    first ``8 + N`` bytes: a LoRA file is validated from its header without being read
+    whole (:mod:`.bundle`, with a larger ``max_header_bytes``).
+    """
     if len(data) < 8:
         raise CorruptFile(f"safetensors file is {len(data)} bytes; expected at least 8")
     (n,) = struct.unpack("<Q", data[:8])
-    if n > MAX_HEADER_BYTES:
+    if n > max_header_bytes:
         raise FileTooLarge(
-            f"safetensors header claims {n} bytes; expected at most {MAX_HEADER_BYTES} "
+            f"safetensors header claims {n} bytes; expected at most {max_header_bytes} "
             "(embedding headers are a few hundred bytes)"
         )
     if 8 + n > len(data):
@@ -150,7 +157,7 @@ def parse_header(data: bytes) -> tuple[dict[str, dict], dict[str, str], int]:
                 f"safetensors entry {key!r} has invalid data_offsets {_brief(offsets)}"
             )
         entries[key] = {"dtype": dtype, "shape": shape, "offsets": (offsets[0], offsets[1])}
-    buffer_len = len(data) - 8 - n
+    buffer_len = (len(data) if total_size is None else total_size) - 8 - n
     # The spans must tile the buffer exactly: no gaps, no overlaps, nothing after.
     pos = 0
     for key, info in sorted(entries.items(), key=lambda kv: kv[1]["offsets"]):
@@ -190,32 +197,45 @@ def read_safetensors(
         raise
     tensors: dict[str, np.ndarray] = {}
     for key, info in entries.items():
-        dtype = info["dtype"]
-        if dtype in NON_FLOAT_DTYPES:
-            raise BadTensor(
-                f"tensor {key!r} has dtype {dtype}; expected a float type (F32, F16, BF16)",
-                path=path,
-            )
-        if dtype not in DTYPES:
-            raise BadTensor(f"tensor {key!r} has unknown dtype {dtype!r}", path=path)
-        np_dtype = DTYPES[dtype]
-        count = 1
-        for s in info["shape"]:
-            count *= s
         begin, end = info["offsets"]
-        if count * np_dtype.itemsize != end - begin:
-            raise BadTensor(
-                f"tensor {key!r}: shape {info['shape']} x {dtype} needs "
-                f"{count * np_dtype.itemsize} bytes but spans {end - begin}",
-                path=path,
-            )
-        raw = np.frombuffer(data, dtype=np_dtype, count=count, offset=start + begin)
-        if dtype == "BF16":
-            arr = (raw.astype(np.uint32) << 16).view(np.float32)
-        else:
-            arr = raw.astype(np.float32)
-        tensors[key] = arr.reshape(info["shape"])
+        tensors[key] = decode_tensor(key, info, data, start + begin, path=path)
     return tensors, metadata
+
+
+def decode_tensor(
+    key: str, info: Mapping[str, object], buffer: bytes, offset: int, *, path: str | None = None
+) -> np.ndarray:
+    """One header entry's tensor (``info`` from :func:`parse_header`) as float32, read
+    from ``buffer`` at ``offset``.
+
+    Raises:
+        BadTensor: integer/bool/unknown dtypes or a size mismatch.
+    """
+    dtype = info["dtype"]
+    if dtype in NON_FLOAT_DTYPES:
+        raise BadTensor(
+            f"tensor {key!r} has dtype {dtype}; expected a float type (F32, F16, BF16)",
+            path=path,
+        )
+    if dtype not in DTYPES:
+        raise BadTensor(f"tensor {key!r} has unknown dtype {dtype!r}", path=path)
+    np_dtype = DTYPES[dtype]
+    count = 1
+    for s in info["shape"]:  # type: ignore[attr-defined]
+        count *= s
+    begin, end = info["offsets"]  # type: ignore[misc]
+    if count * np_dtype.itemsize != end - begin:
+        raise BadTensor(
+            f"tensor {key!r}: shape {info['shape']} x {dtype} needs "
+            f"{count * np_dtype.itemsize} bytes but spans {end - begin}",
+            path=path,
+        )
+    raw = np.frombuffer(buffer, dtype=np_dtype, count=count, offset=offset)
+    if dtype == "BF16":
+        arr = (raw.astype(np.uint32) << 16).view(np.float32)
+    else:
+        arr = raw.astype(np.float32)
+    return arr.reshape(info["shape"])
 
 
 def write_safetensors(

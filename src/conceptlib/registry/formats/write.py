@@ -1,5 +1,6 @@
 """Writing the layouts other tools load: A1111 ``.pt``/``.safetensors``, diffusers'
 ``learned_embeds.safetensors`` (and its SDXL companion), SDXL ``{clip_l, clip_g}``,
+SD3/FLUX keyed by encoder (``clip_l``, ``clip_g``, and T5 as ``t5xxl`` or ``t5``),
 InvokeAI's ``learned_embeds.bin`` folder; and placing written files on disk.
 
 Layouts are those of ``reference/formats.md``; the A1111 ``.pt`` fields are the ones
@@ -34,6 +35,7 @@ __all__ = [
     "A1111_PT_RECORDS",
     "A1111_TOKEN_ID",
     "INVOKEAI_FILENAME",
+    "T5_KEYS",
     "WRITE_FORMATS",
     "a1111_refused_records",
     "check_writable",
@@ -45,6 +47,11 @@ __all__ = [
 ]
 
 WRITE_FORMATS = ("a1111-pt", "safetensors", "diffusers", "sdxl", "invokeai")
+#: The T5 slot's key in a written file: ``t5xxl`` (ComfyUI's name, the default) or
+#: ``t5`` (OneTrainer's).
+T5_KEYS = ("t5xxl", "t5")
+#: Families whose files are keyed by text encoder; SD3 and FLUX go in ``safetensors`` only.
+_ENCODER_KEYED = (Family.SDXL, Family.SD3, Family.FLUX)
 
 #: The file InvokeAI's folder probe opens (``TextualInversionFolderProbe``) and the one
 #: embedding file its Hub installer keeps from a repo (``select_hf_files.filter_files``).
@@ -216,8 +223,10 @@ def check_writable(fmt: str, family: Family | str, *, what: str = "this embeddin
 
     ``a1111-pt`` holds one text encoder's ``[n, d]`` (A1111's ``string_to_param``), so
     it cannot hold SDXL's two; ``sdxl`` (``{clip_l, clip_g}``) holds only SDXL.
-    ``safetensors``, ``diffusers`` and ``invokeai`` take every family. ``export NAME --format
-    a1111-pt`` and ``export --for-prompt ... --format a1111 --pt`` both ask this.
+    ``safetensors``, ``diffusers`` and ``invokeai`` take SD 1.x, SD 2.x and SDXL; SD3
+    and FLUX (no UI loads their embeddings from another layout) take ``safetensors``
+    only. ``export NAME --format a1111-pt`` and ``export --for-prompt ... --format a1111
+    --pt`` both ask this.
 
     Raises:
         UsageError: an unknown format, or one the family cannot use (one message for
@@ -234,6 +243,12 @@ def check_writable(fmt: str, family: Family | str, *, what: str = "this embeddin
             "(clip_l + clip_g); use the sdxl format: a .safetensors file, which A1111 reads",
             hint="export NAME --format sdxl, or export --for-prompt ... without --pt",
         )
+    if fam in (Family.SD3, Family.FLUX) and fmt != "safetensors":
+        raise UsageError(
+            f"{what} is {fam.value}: its vectors are written keyed by text encoder "
+            f"(clip_l, clip_g, t5xxl), which only the safetensors format holds, not {fmt}",
+            hint="export NAME --format safetensors (add --t5-key t5 for OneTrainer)",
+        )
     if fmt == "sdxl" and fam != Family.SDXL:
         raise UsageError(
             f"the sdxl format holds clip_l + clip_g but {what} is {fam.value}; use "
@@ -241,13 +256,17 @@ def check_writable(fmt: str, family: Family | str, *, what: str = "this embeddin
         )
 
 
-def write_embedding(emb: Embedding, fmt: str, *, name: str, token: str) -> dict[str, bytes]:
+def write_embedding(
+    emb: Embedding, fmt: str, *, name: str, token: str, t5_key: str = "t5xxl"
+) -> dict[str, bytes]:
     """Serialize ``emb`` in one of :data:`WRITE_FORMATS`.
 
     Args:
         emb: the embedding.
         fmt: ``a1111-pt`` (``{name}.pt``, SD 1.x/2.x), ``safetensors``
-            (``{name}.safetensors``: ``emb_params``, or ``clip_l``/``clip_g`` for SDXL),
+            (``{name}.safetensors``: ``emb_params``, or keyed by encoder for SDXL
+            ``clip_l``/``clip_g``, SD3 ``clip_l``/``clip_g``/``t5xxl``, FLUX
+            ``clip_l``/``t5xxl``; only the slots the embedding has),
             ``diffusers`` (``learned_embeds.safetensors`` ``{token: float32 [n, d]}``,
             plus ``learned_embeds_2.safetensors`` for SDXL, the layout of diffusers'
             training scripts), ``sdxl`` (SDXL only) or ``invokeai``
@@ -258,6 +277,7 @@ def write_embedding(emb: Embedding, fmt: str, *, name: str, token: str) -> dict[
         token: the trigger token; the diffusers key is its
             :func:`~conceptlib.schemas.names.tokenizer_form` (``BadHand`` is written
             ``badhand``: CLIP's tokenizer lower-cases prompts before matching it).
+        t5_key: the T5 slot's key, ``t5xxl`` (ComfyUI) or ``t5`` (OneTrainer).
 
     Returns:
         Relative file name -> bytes.
@@ -272,6 +292,8 @@ def write_embedding(emb: Embedding, fmt: str, *, name: str, token: str) -> dict[
             f"unknown write format {fmt!r}; expected one of {', '.join(WRITE_FORMATS)}"
         )
     stem = validate_name(name)
+    if t5_key not in T5_KEYS:
+        raise UsageError(f"T5 key {t5_key!r}; expected one of {', '.join(T5_KEYS)}")
     if not token or not token.strip() or any(ord(c) < 32 for c in token):
         raise UsageError(
             f"token {token!r} is empty or has control characters; expected a trigger token"
@@ -284,7 +306,10 @@ def write_embedding(emb: Embedding, fmt: str, *, name: str, token: str) -> dict[
     if fmt == "invokeai":
         return {INVOKEAI_FILENAME: _invokeai_bin(emb)}
     if fmt == "safetensors":
-        tensors = dict(vec) if family == Family.SDXL else {"emb_params": next(iter(vec.values()))}
+        if family in _ENCODER_KEYED:
+            tensors = {(t5_key if k == "t5xxl" else k): v for k, v in vec.items()}
+        else:
+            tensors = {"emb_params": next(iter(vec.values()))}
         return {f"{stem}.safetensors": write_safetensors(tensors)}
     if fmt == "diffusers":
         key = tokenizer_form(token)
