@@ -28,6 +28,7 @@ ALLOWED: dict[str, set[str]] = {
     "trainer": {"models", "registry", "catalog", "schemas", "errors", "config", "conceptlib"},
     "compose": {"models", "registry", "catalog", "schemas", "errors", "config", "conceptlib"},
     "cli": {
+        "web",
         "trainer",
         "compose",
         "models",
@@ -38,6 +39,8 @@ ALLOWED: dict[str, set[str]] = {
         "config",
         "conceptlib",
     },
+    # The local web page (``conceptlib serve``): beside cli, over the library.
+    "web": {"compose", "models", "registry", "catalog", "schemas", "errors", "config"},
     "conceptlib": {"registry", "cli"},
     "__main__": {"cli"},
 }
@@ -46,6 +49,7 @@ MAX_MODULE_LINES = 1000
 FORBIDDEN_THIRD_PARTY = {
     "catalog": {"torch", "diffusers", "transformers", "huggingface_hub"},
     "schemas": {"torch", "diffusers", "transformers", "huggingface_hub"},
+    "web": {"torch", "diffusers", "transformers", "huggingface_hub"},
 }
 
 

@@ -24,7 +24,7 @@ from conceptlib.schemas.records import (
 )
 
 #: The schema version this code reads; equal to ``migrations.LATEST`` (a test checks).
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 EMBEDDING_COLUMNS = (
     "id",
@@ -67,6 +67,20 @@ class SearchQuery:
     base_model: str | None = None
     limit: int | None = None
     offset: int = 0
+    #: ``name`` (by the normalized name), ``newest`` or ``oldest`` (by the row id, the
+    #: order entries were added in); each is an index walk.
+    order: str = "name"
+
+
+#: ``SearchQuery.order`` -> ORDER BY clause.
+ORDERS = {"name": "e.name_key", "newest": "e.id DESC", "oldest": "e.id"}
+# ``clip-i`` / ``clip-t``: best first (entries without the metric last), by the best
+# of the entry's runs: one lookup in ix_training_run_embedding_clip_i (_t) per entry.
+for _key, _col in (("clip-i", "clip_i"), ("clip-t", "clip_t")):
+    ORDERS[_key] = (
+        f"(SELECT max(tr.{_col}) FROM training_run tr WHERE tr.embedding_id = e.id) "
+        "DESC NULLS LAST, e.name_key"
+    )
 
 
 class Reader:
@@ -90,6 +104,25 @@ class Reader:
     # ------------------------------------------------------------------ queries
 
     def search(self, q: SearchQuery) -> list[EmbeddingInfo]:
+        where, params = self._where(q)
+        sql = "SELECT " + ", ".join(f"e.{c}" for c in EMBEDDING_COLUMNS) + " FROM embedding e"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY " + ORDERS[q.order]
+        if q.limit is not None:
+            sql += f" LIMIT {int(q.limit)} OFFSET {int(q.offset)}"
+        rows = self._exec(sql, params)
+        return self._infos(rows)
+
+    def count_matching(self, q: SearchQuery) -> int:
+        """How many entries :meth:`search` finds for ``q`` without its limit (for paging)."""
+        where, params = self._where(q)
+        sql = "SELECT count(*) FROM embedding e"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        return int(self._exec(sql, params)[0][0])
+
+    def _where(self, q: SearchQuery) -> tuple[list[str], list[Any]]:
         where: list[str] = []
         params: list[Any] = []
         if q.text:
@@ -118,14 +151,7 @@ class Reader:
         if q.base_model:
             where.append("(e.base_model = ? OR e.base_model_fingerprint = ?)")
             params += [q.base_model, q.base_model]
-        sql = "SELECT " + ", ".join(f"e.{c}" for c in EMBEDDING_COLUMNS) + " FROM embedding e"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY e.name_key"
-        if q.limit is not None:
-            sql += f" LIMIT {int(q.limit)} OFFSET {int(q.offset)}"
-        rows = self._exec(sql, params)
-        return self._infos(rows)
+        return where, params
 
     def by_key(self, column: str, key: str) -> EmbeddingInfo | None:
         assert column in ("name_key", "token_key", "tensor_sha256")
@@ -316,7 +342,8 @@ class Reader:
                 for row in self._exec(
                     "SELECT embedding_id, id, config, steps, final_loss, wall_time_s, device, "
                     "base_model, base_model_fingerprint, training_images_hash, "
-                    "training_image_count, initializer, status, created_at FROM training_run "
+                    "training_image_count, initializer, status, created_at, clip_i, clip_t, "
+                    "metrics FROM training_run "
                     f"WHERE embedding_id IN ({marks}) ORDER BY id",
                     chunk,
                 ):
@@ -335,6 +362,9 @@ class Reader:
                             initializer=row[11],
                             status=row[12],
                             created_at=row[13],
+                            clip_i=row[14],
+                            clip_t=row[15],
+                            metrics=json.loads(row[16] or "{}"),
                         )
                     )
                 for row in self._exec(

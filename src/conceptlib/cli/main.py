@@ -24,8 +24,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "conceptlib.cli.train:train_cmd",
         "Train a textual-inversion embedding on images and register it.",
     ),
+    "train-plan": (
+        "conceptlib.cli.train_plan:train_plan_cmd",
+        "Train the concepts of a plan file together (torchrun for several GPUs).",
+    ),
     "list": ("conceptlib.cli.browse:list_cmd", "List every embedding in the catalog."),
     "search": ("conceptlib.cli.browse:search_cmd", "Find embeddings by text, tag, family..."),
+    "serve": ("conceptlib.cli.serve:serve_cmd", "Browse and edit the catalog in a local web page."),
     "show": ("conceptlib.cli.browse:show_cmd", "Show everything known about one embedding."),
     "tag": ("conceptlib.cli.manage:tag_cmd", "Add or remove tags."),
     "edit": (
