@@ -15,6 +15,6 @@ def test_cli_reference_is_up_to_date():
 def test_readme_has_the_two_quick_start_commands():
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     assert "pip install torch==2.13.0 && pip install . && conceptlib demo" in readme
-    test_cmd = 'pip install torch==2.13.0 && pip install -e ".[dev]" && python -m pytest -q'
+    test_cmd = 'pip install torch==2.13.0 && pip install -e ".[dev]" && python -m pytest -q -n auto'
     assert test_cmd in readme
     assert test_cmd in (ROOT / ".ci" / "run").read_text(encoding="utf-8")
