@@ -14,7 +14,9 @@ of the file bytes, joined with ``"\\n"`` (no trailing newline)::
 
     sha256("\\n".join(sorted(sha256(file_bytes).hexdigest() for each image)))
 
-so it does not depend on file names, their order, or the folder they sit in.
+so it does not depend on file names, their order, or the folder they sit in. A run
+with captions hashes ``"conceptlib-captioned-images/1"`` followed by the sorted
+``"<image sha256> <caption sha256>"`` lines instead (the caption as trained, UTF-8).
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ MAX_IMAGE_PIXELS = 50_000_000
 MAX_IMAGE_FILE_BYTES = 256 * 1024 * 1024
 #: Fewest training images accepted by default (the paper used 3-5).
 MIN_TRAINING_IMAGES = 3
+#: First line of the images hash of a captioned run (see :func:`training_images_hash`).
+CAPTIONED_HASH_RECIPE = "conceptlib-captioned-images/1"
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 
 
@@ -56,6 +60,8 @@ class TrainingImages:
     paths: list[Path]
     sha256s: list[str]
     warnings: list[str] = field(default_factory=list)
+    #: each image's caption as trained (:mod:`conceptlib.trainer.captions`), or None
+    captions: list[str] | None = None
 
     @property
     def count(self) -> int:
@@ -63,12 +69,24 @@ class TrainingImages:
 
     @property
     def hash(self) -> str:
-        return training_images_hash(self.sha256s)
+        return training_images_hash(self.sha256s, self.captions)
 
 
-def training_images_hash(digests: Iterable[str]) -> str:
-    """SHA-256 of the sorted per-image SHA-256 hex digests joined with ``\\n``."""
-    return hashlib.sha256("\n".join(sorted(digests)).encode("ascii")).hexdigest()
+def training_images_hash(digests: Iterable[str], captions: Sequence[str] | None = None) -> str:
+    """SHA-256 of the sorted per-image SHA-256 hex digests joined with ``\\n``.
+
+    With ``captions`` (one per digest, in the same order) each line is instead
+    ``"<image sha256> <sha256 of the caption's UTF-8>"``, and the lines are preceded by
+    the line ``conceptlib-captioned-images/1``: a caption change changes the hash, and
+    a run without captions keeps the hash it always had.
+    """
+    if captions is None:
+        return hashlib.sha256("\n".join(sorted(digests)).encode("ascii")).hexdigest()
+    lines = sorted(
+        f"{d} {hashlib.sha256(c.encode('utf-8')).hexdigest()}"
+        for d, c in zip(digests, captions, strict=True)
+    )
+    return hashlib.sha256("\n".join([CAPTIONED_HASH_RECIPE, *lines]).encode("ascii")).hexdigest()
 
 
 def collect_image_paths(inputs: Sequence[str | os.PathLike[str]]) -> list[Path]:
@@ -229,6 +247,8 @@ class CropGeometry:
         top, left: the square crop's top-left corner, in pixels of the resized image.
         flipped_left: the crop's left offset in the mirrored image (``resized_w - left -
             resolution``), what the mirrored latent is conditioned on.
+        target_h, target_w: the trained size when it is not the square ``resolution``
+            (an aspect-ratio bucket, :mod:`conceptlib.trainer.buckets`).
     """
 
     original_h: int
@@ -236,11 +256,16 @@ class CropGeometry:
     top: int
     left: int
     flipped_left: int
+    target_h: int | None = None
+    target_w: int | None = None
 
     def time_ids(self, resolution: int, *, flipped: bool = False) -> list[int]:
-        """``[original_h, original_w, crop_top, crop_left, resolution, resolution]``."""
+        """``[original_h, original_w, crop_top, crop_left, target_h, target_w]``; the
+        target is ``resolution`` square unless the geometry has its own (a bucket)."""
         left = self.flipped_left if flipped else self.left
-        return [self.original_h, self.original_w, self.top, left, resolution, resolution]
+        th = self.target_h if self.target_h is not None else resolution
+        tw = self.target_w if self.target_w is not None else resolution
+        return [self.original_h, self.original_w, self.top, left, th, tw]
 
 
 def _square(w: int, h: int) -> tuple[int, int, int]:

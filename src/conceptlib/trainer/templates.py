@@ -3,7 +3,10 @@
 Each template holds one ``{}`` where the placeholder token(s) go. ``object``
 templates describe a thing ("a photo of a {}"), ``style`` templates a manner
 ("a painting in the style of {}"). A text file gives one template per line;
-blank lines and lines starting with ``#`` are skipped.
+blank lines and lines starting with ``#`` are skipped. A1111's template files write
+the placeholder as ``[name]``: a line with one ``[name]`` and no braces reads it as
+``{}``; ``[filewords]`` (the image's caption) needs ``--captions``
+(:mod:`conceptlib.trainer.captions`).
 """
 
 from __future__ import annotations
@@ -118,6 +121,8 @@ def load_templates(spec: str | os.PathLike[str] | None, *, kind: str = "object")
         line = line.strip()
         if not line or line.startswith("#"):
             continue
+        if line.count("[name]") == 1 and "{" not in line and "}" not in line:
+            line = line.replace("[name]", "{}")  # A1111's placeholder
         problem = _template_problem(line)
         if problem:
             raise UsageError(
