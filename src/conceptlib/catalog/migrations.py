@@ -206,6 +206,20 @@ def _m0004_shared_blobs(conn: Connection) -> None:
     md.create_all(conn)
 
 
+def _m0005_run_quality(conn: Connection) -> None:
+    # CLIP-I / CLIP-T of a trained entry's run (``search --sort clip-i``) and the
+    # run's measurements per step; the indexes make the sort an index lookup per entry.
+    conn.exec_driver_sql("ALTER TABLE training_run ADD COLUMN clip_i FLOAT")
+    conn.exec_driver_sql("ALTER TABLE training_run ADD COLUMN clip_t FLOAT")
+    conn.exec_driver_sql("ALTER TABLE training_run ADD COLUMN metrics TEXT NOT NULL DEFAULT '{}'")
+    conn.exec_driver_sql(
+        "CREATE INDEX ix_training_run_embedding_clip_i ON training_run (embedding_id, clip_i)"
+    )
+    conn.exec_driver_sql(
+        "CREATE INDEX ix_training_run_embedding_clip_t ON training_run (embedding_id, clip_t)"
+    )
+
+
 MIGRATIONS: list[Migration] = [
     Migration(1, "core tables: embeddings, tags, previews, sources", _m0001_core),
     Migration(2, "full-text search over name, token, description and tags", _m0002_fulltext),
@@ -217,6 +231,7 @@ MIGRATIONS: list[Migration] = [
     Migration(
         4, "blobs in the database for catalogs shared by several machines", _m0004_shared_blobs
     ),
+    Migration(5, "CLIP-I / CLIP-T and per-step metrics of training runs", _m0005_run_quality),
 ]
 
 LATEST = MIGRATIONS[-1].version

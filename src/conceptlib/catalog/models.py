@@ -123,6 +123,9 @@ class TrainingRunRow(SQLModel, table=True):
     initializer: str | None = None
     status: str = "completed"
     created_at: str = Field(default_factory=utcnow)
+    clip_i: float | None = None
+    clip_t: float | None = None
+    metrics: str = "{}"
 
 
 class BlobRow(SQLModel, table=True):

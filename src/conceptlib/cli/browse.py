@@ -56,6 +56,14 @@ def list_cmd(limit: int | None, as_json: bool) -> None:
     "--base", "base_model", help="Only trained on / declared for this base model or fingerprint."
 )
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Show at most N entries.")
+@click.option(
+    "--sort",
+    type=click.Choice(["name", "newest", "oldest", "clip-i", "clip-t"]),
+    default="name",
+    show_default=True,
+    help="Order: by name, newest or oldest first, or best CLIP-I / CLIP-T first (trained "
+    "with --clip-model; entries without it last). Example: --sort clip-i.",
+)
 @json_option
 def search_cmd(
     query: tuple[str, ...],
@@ -66,6 +74,7 @@ def search_cmd(
     source: str | None,
     base_model: str | None,
     limit: int | None,
+    sort: str,
     as_json: bool,
 ) -> None:
     """Find embeddings. QUERY matches name, token, description and tags (every word, as a
@@ -78,6 +87,7 @@ def search_cmd(
       conceptlib search plush cat          # entries matching both words
       conceptlib search --tag style --family sdxl
       conceptlib search --kind negative --compatible-with sdxl --json
+      conceptlib search --source trained --sort clip-i
     """
     from conceptlib.catalog.query import SearchQuery, normalize_tag
 
@@ -90,6 +100,7 @@ def search_cmd(
         source=source,
         base_model=base_model,
         limit=limit,
+        order=sort,
     )
     with open_reader() as r:
         infos = r.search(q)

@@ -43,6 +43,17 @@ def resume_changes_text(changes: object) -> str:
     )
 
 
+def quality_text(scored: list) -> str:
+    """``step N: CLIP-I / CLIP-T`` per scored step of a run (values as stored)."""
+    out = []
+    for q in scored:
+        try:
+            out.append(f"{int(q['step'])}: {float(q['clip_i']):.3f} / {float(q['clip_t']):.3f}")
+        except (KeyError, TypeError, ValueError):
+            continue
+    return ", ".join(out)
+
+
 def safe_text(value: object) -> str:
     """``value`` as text safe to send to a terminal: control, invisible, bidi and line
     separator characters shown as escapes (``\\x1b``, ``\\u202e``, ``\\n``), never sent.
@@ -126,6 +137,7 @@ def detail_panel(e: EmbeddingInfo, store_path_of=None):  # noqa: ANN001, ANN201
             "parents",
             ", ".join(
                 f"{p.get('name', p.get('tensor_sha256', '?')[:12])}:{p.get('weight')}"
+                + (f" ({p['relation']})" if p.get("relation") else "")
                 for p in e.parents
             ),
         )
@@ -161,6 +173,12 @@ def detail_panel(e: EmbeddingInfo, store_path_of=None):  # noqa: ANN001, ANN201
         run_row("base", f"{run.base_model} [{run.base_model_fingerprint}]")
         run_row("initializer", run.initializer)
         run_row("images", f"{run.training_image_count} ({run.training_images_hash})")
+        if run.clip_i is not None or run.clip_t is not None:
+            shown = [f"{v:.4f}" if isinstance(v, float) else "-" for v in (run.clip_i, run.clip_t)]
+            run_row("CLIP-I / CLIP-T", " / ".join(shown))
+        scored = run.metrics.get("quality") if isinstance(run.metrics, dict) else None
+        if isinstance(scored, list) and scored:
+            run_row("per step", quality_text(scored))
         changes = resume_changes_text(run.config.get("resume_changes"))
         if changes:
             run_row("changed on resume", changes)

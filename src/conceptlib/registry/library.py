@@ -548,6 +548,9 @@ class Library:
                                 "initializer": tr.initializer,
                                 "status": tr.status,
                                 "created_at": now,
+                                "clip_i": tr.clip_i,
+                                "clip_t": tr.clip_t,
+                                "metrics": json.dumps(tr.metrics, sort_keys=True),
                             }
                         )
                 for table, rows in (

@@ -90,6 +90,9 @@ class TrainingRunEntry(_Model):
     initializer: str | None = None
     status: str = "completed"
     created_at: str | None = None
+    clip_i: float | None = None
+    clip_t: float | None = None
+    metrics: dict[str, Any] = Field(default_factory=dict)
 
 
 class ConceptManifest(_Model):

@@ -33,6 +33,11 @@ class TrainingRunInfo:
     initializer: str | None
     status: str = "completed"
     created_at: str | None = None
+    #: CLIP-I / CLIP-T of the registered step (``--clip-model``; higher is better).
+    clip_i: float | None = None
+    clip_t: float | None = None
+    #: Measured during the run: ``{"quality": [{"step", "clip_i", "clip_t"}, ...]}``.
+    metrics: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -126,6 +131,9 @@ class TrainingRunRecord:
     training_image_count: int | None = None
     initializer: str | None = None
     status: str = "completed"
+    clip_i: float | None = None
+    clip_t: float | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

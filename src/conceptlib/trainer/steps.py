@@ -87,11 +87,13 @@ def save_step(
     losses: Sequence[float],
     wall_time_s: float,
     run_facts: dict[str, Any],
+    metrics: dict[str, float] | None = None,
 ) -> Path:
     """Keep the vectors (slot -> ``[n, d]`` float32) at ``step`` with their preview grid.
 
     ``losses`` are the per-step losses up to ``step``; the sidecar's ``final_loss`` is the
-    mean of their last 50 (as a finished run's). Returns the embedding file's path.
+    mean of their last 50 (as a finished run's); ``metrics`` (CLIP-I / CLIP-T) are added
+    to it. Returns the embedding file's path.
     """
     from conceptlib.registry.formats.embedding import Embedding
     from conceptlib.registry.formats.write import write_embedding
@@ -107,6 +109,7 @@ def save_step(
         "tensor_sha256": emb.tensor_sha256,
         "final_loss": sum(window) / len(window) if window else None,
         "wall_time_s": wall_time_s,
+        **(metrics or {}),  # clip_i, clip_t (--clip-model)
     }
     atomic_write_bytes(path.with_suffix(".png"), sample_grid_png([(f"step {step}", list(images))]))
     atomic_write_bytes(path, data)
@@ -227,7 +230,8 @@ def register_step(
                 existing=twin.name,
             )
         current = library.find(name)
-        if current is not None and current.source_ref != str(folder):
+        parent = current is not None and current.tensor_sha256 == config.get("init_from_sha256")
+        if current is not None and current.source_ref != str(folder) and not parent:
             raise NameCollision(
                 f"the name {name!r} is taken by an entry not trained in {folder} "
                 f"({current.source_ref or current.source})",
@@ -271,11 +275,12 @@ def _add(
         "training_image_count": count if isinstance(count, int) else None,
         "initializer": _text(config.get("init")),
     }
+    quality = {k: _number(sidecar.get(k)) for k in ("clip_i", "clip_t")}
     record = TrainingRunRecord(
         config=dict(config, kept_step=step), steps=step,
         final_loss=_number(sidecar.get("final_loss")),
         wall_time_s=_number(sidecar.get("wall_time_s")),
-        device=_text(facts.get("device")), **known,
+        device=_text(facts.get("device")), **quality, **known,
     )  # fmt: skip
     grid = _read_preview(path.with_suffix(".png"))
     previews = [Preview(filename="samples.png", data=grid, role="grid")] if grid else []
@@ -290,6 +295,17 @@ def _add(
         description=_text(facts.get("description")), previews=previews,
         training_run=record, extra=extra, **known,
     )  # fmt: skip
+    parents = facts.get("parents")  # --init-from: the entry the run started from
+    if isinstance(parents, list) and all(isinstance(p, dict) for p in parents):
+        add["parents"] = parents
+    return add_version(lib, emb, current, **add)
+
+
+def add_version(lib: Library, emb: Any, current: EmbeddingInfo | None, **add: Any) -> EmbeddingInfo:
+    """Register ``emb`` as ``add["name"]``; when ``current`` holds that name, keep it as
+    ``NAME@vN`` (token ``NAME@vN``, as ``pull`` keeps versions) and register ``emb``
+    as version N+1 (a parent in ``add["parents"]`` that is ``current`` is recorded
+    under its new name)."""
     if current is None:
         return lib.add_embedding(emb, **add)
     from conceptlib.schemas.names import strip_brackets
@@ -299,6 +315,10 @@ def _add(
     inner = strip_brackets(current.token)  # <token> -> <token@vN>, as pull keeps versions
     retired_token = f"<{inner}{suffix}>" if inner != current.token else f"{inner}{suffix}"
     lib.rename(current.name, retired_name, token=retired_token)
+    add["parents"] = [
+        dict(p, name=retired_name) if p.get("tensor_sha256") == current.tensor_sha256 else p
+        for p in add.get("parents", ())
+    ]
     try:
         return lib.add_embedding(emb, version=current.version + 1, **add)
     except BaseException:
