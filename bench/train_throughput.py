@@ -260,23 +260,30 @@ def flops_of(step: Any) -> float:
     return float(counter.get_total_flops())
 
 
-def bench_model(model: str, args: argparse.Namespace) -> dict[str, Any]:
-    device = args.device
+def bench_base(model: str, args: argparse.Namespace) -> tuple[BaseModel, int]:
+    """The base model of a benchmark (full size from config, or tiny) and its resolution."""
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.precision]
     with quiet_libraries():
         if args.size == "full":
-            bm = full_size(model, device, dtype)
+            bm = full_size(model, args.device, dtype)
         else:
             bm = load_base(
-                "tiny-sd1" if model == "sd15" else "tiny-sdxl", device=device, dtype=dtype
+                "tiny-sd1" if model == "sd15" else "tiny-sdxl", device=args.device, dtype=dtype
             )
     native = (1024 if model == "sdxl" else 512) if args.size == "full" else 32
-    res = args.resolution or native
+    return bm, args.resolution or native
+
+
+def bench_model(model: str, args: argparse.Namespace) -> dict[str, Any]:
+    device = args.device
+    bm, res = bench_base(model, args)
     rng = np.random.default_rng(0)
     pixels = rng.uniform(-1, 1, (max(8, args.batch), 3, res, res)).astype(np.float32)
     ref = Reference(bm, pixels, args.batch, seed=0)  # before ours swaps the embedding layer
     ours = TextualInversion(bm, pixels, OBJECT_TEMPLATES, name="bench", init="toy", batch=args.batch,
-                            total_steps=args.long + 8, compile=args.compile)  # fmt: skip
+                            total_steps=args.long + 8, compile=args.compile,
+                            cuda_graphs=args.cuda_graphs and device.startswith("cuda"),
+                            gradient_checkpointing=args.checkpointing)  # fmt: skip
     runners = {"ours": ours.step, "reference": ref.step}
     for step in runners.values():  # warm-up (and compilation)
         for _ in range(args.warmup):
@@ -367,9 +374,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--warmup", type=int, default=10 if cuda else 2)
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--compile", action="store_true", help="torch.compile our UNet")
+    p.add_argument("--cuda-graphs", action="store_true", help="our step as one CUDA graph")
+    p.add_argument("--checkpointing", action="store_true", help="gradient checkpointing (ours)")
     p.add_argument("--peak-tflops", type=float, default=PEAK_TFLOPS)
     p.add_argument("--json", type=Path, help="write the results here")
     p.add_argument("--markdown", action="store_true", help="print a markdown table")
+    p.add_argument("--plan", type=int, default=0, metavar="N",
+                   help="plan mode: N concepts x --batch against one concept at N x --batch "
+                   "(bench/plan_throughput.py)")  # fmt: skip
     args = p.parse_args(argv)
     torch.backends.cuda.matmul.allow_tf32 = True
     machine = (
@@ -379,7 +391,14 @@ def main(argv: list[str] | None = None) -> None:
         f"torch {torch.__version__}"
     )
     models = ["sd15", "sdxl"] if args.model == "both" else [args.model]
-    results = [bench_model(m, args) for m in models]
+    if args.plan:
+        from plan_throughput import bench_plan, plan_markdown
+
+        results = [bench_plan(m, args) for m in models]
+        markdown_of: Any = plan_markdown
+    else:
+        results = [bench_model(m, args) for m in models]
+        markdown_of = markdown
     payload = {
         "machine": machine,
         "args": {k: str(v) for k, v in vars(args).items()},
@@ -387,7 +406,7 @@ def main(argv: list[str] | None = None) -> None:
     }
     if args.json:
         args.json.write_text(json.dumps(payload, indent=2))
-    print(markdown(results, args, machine) if args.markdown else json.dumps(payload, indent=2))
+    print(markdown_of(results, args, machine) if args.markdown else json.dumps(payload, indent=2))
 
 
 if __name__ == "__main__":

@@ -7,6 +7,8 @@ from typing import Any, NoReturn
 import click
 
 from conceptlib.cli.common import console, echo_err, json_option, open_library, print_json, progress
+from conceptlib.cli.train_data import data_options
+from conceptlib.cli.train_outputs import output_options, train_kwargs
 
 # Keep in step with conceptlib.trainer.train (not imported here: it would slow --help).
 _STEPS, _LR, _BATCH, _CKPT, _SAMPLE = 2000, 5e-3, 4, 250, 500
@@ -25,10 +27,13 @@ _STEPS, _LR, _BATCH, _CKPT, _SAMPLE = 2000, 5e-3, 4, 250, 500
     "--init",
     "init",
     help="Initializer word(s) of the base model's vocabulary: where the vectors start "
-    "(required to train). Example: --init toy.",
+    "(required to train, unless --init-from gives a registered entry's). Example: --init toy.",
 )
 @click.option(
-    "--vectors", type=click.IntRange(1, 75), default=1, show_default=True, help="Vectors per token."
+    "--vectors",
+    type=click.IntRange(1, 75),
+    show_default="1; with --init-from, the entry's",
+    help="Vectors per token.",
 )
 @click.option("--kind", type=click.Choice(["object", "style"]), default="object", show_default=True)
 @click.option(
@@ -159,13 +164,41 @@ _STEPS, _LR, _BATCH, _CKPT, _SAMPLE = 2000, 5e-3, 4, 250, 500
     is_flag=True,
     help="torch.compile the UNet (worth it on CUDA; on a CPU the first step compiles for a minute or more).",
 )
+@click.option(
+    "--accumulate",
+    type=click.IntRange(1, 1024),
+    default=1,
+    show_default=True,
+    help="Gradient accumulation: micro-batches of --batch per optimizer step (the update "
+    "equals one batch of N x --batch; --steps counts optimizer steps). Example: --batch 2 "
+    "--accumulate 4.",
+)
+@click.option(
+    "--gradient-checkpointing/--no-gradient-checkpointing",
+    "gradient_checkpointing",
+    default=None,
+    help="Recompute the UNet's activations in the backward instead of keeping them (less "
+    "memory, about a third more compute). Default: on when the printed memory estimate "
+    "says the run does not fit the GPU's free memory. Example: --gradient-checkpointing.",
+)
+@click.option(
+    "--cuda-graphs",
+    type=click.Choice(["auto", "on", "off"]),
+    default="off",
+    show_default=True,
+    help="Run each step as one captured CUDA graph (auto: where possible, else the eager "
+    "step with the reason in the log; on: refuse a run where it is not possible). "
+    "Example: --cuda-graphs auto.",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or log lines.")
+@output_options
+@data_options
 @json_option
 def train_cmd(
     images: tuple[str, ...],
     name: str,
-    init: str,
-    vectors: int,
+    init: str | None,
+    vectors: int | None,
     kind: str,
     base: str,
     base_config: str | None,
@@ -192,8 +225,12 @@ def train_cmd(
     save_every: int | None,
     register_step: int | None,
     compile_: bool,
+    accumulate: int,
+    gradient_checkpointing: bool | None,
+    cuda_graphs: str,
     quiet: bool,
     as_json: bool,
+    **outputs: Any,
 ) -> None:
     """Train a textual-inversion embedding on IMAGES (files or folders) and register it.
 
@@ -220,7 +257,14 @@ def train_cmd(
       conceptlib train photos/ --name cat-toy --init toy --base v-model.safetensors \\
           --base-config ./sd21 --prediction-type v_prediction --zero-terminal-snr
       conceptlib train photos/ --name cat-toy --init toy --base ./sd15 --save-every 250
+      conceptlib train photos/ --name cat-toy --init toy --base ./sdxl --batch 1 \\
+          --accumulate 4 --gradient-checkpointing
       conceptlib train --name cat-toy --register-step 750
+      conceptlib train photos/ --name cat-toy --init toy --base ./sd15 --captions txt --buckets
+      conceptlib train beach/ --name cat-toy-beach --init-from cat-toy --base ./sd15
+      conceptlib train photos/ --name cat-toy --init toy --base ./sd15 \\
+          --validation-prompt 'a photo of {} on a beach' --validation-negative blurry \\
+          --clip-model openai/clip-vit-large-patch14
     """
     from conceptlib.trainer.train import TrainingInterrupted
 
@@ -231,6 +275,8 @@ def train_cmd(
     ctx = click.get_current_context()
     for param in ctx.command.params:
         if param.name in ("images", "init") and not ctx.params.get(param.name):
+            if param.name == "init" and outputs.get("init_from"):
+                continue  # the vectors start from the entry
             raise click.MissingParameter(ctx=ctx, param=param)
     try:
         result = _run(
@@ -242,7 +288,9 @@ def train_cmd(
             seed=seed, templates=templates, tags=tags, description=description,
             precision=precision, device=device, resume=resume,
             checkpoint_every=checkpoint_every, sample_every=sample_every, compile=compile_,
-            save_every=save_every,
+            accumulate=accumulate, gradient_checkpointing=gradient_checkpointing,
+            cuda_graphs=cuda_graphs,
+            save_every=save_every, **train_kwargs(outputs),
         )  # fmt: skip
     except TrainingInterrupted as exc:
         _interrupted(exc)
@@ -341,6 +389,8 @@ def _command_line(ctx: click.Context, *, resume: bool) -> str:
         elif getattr(param, "is_flag", False):
             if value:
                 words.append(param.opts[-1] if param.opts[-1].startswith("--") else param.opts[0])
+            elif getattr(param, "secondary_opts", None):  # --no-gradient-checkpointing
+                words.append(param.secondary_opts[0])
         elif getattr(param, "multiple", False):
             for v in value:
                 words += [param.opts[-1], str(v)]
@@ -385,8 +435,11 @@ def _render(r: Any) -> None:
         (
             "initializer",
             f"{r.initializer} -> "
-            + "; ".join(f"{k}: {' '.join(v)}" for k, v in r.init_tokens.items()),
+            + "; ".join(f"{k}: {' '.join(v)}" for k, v in r.init_tokens.items())
+            if r.initializer
+            else "",
         ),
+        ("started from", ", ".join(f"{p['name']} ({p['tensor_sha256'][:12]})" for p in r.parents)),
         ("steps", f"{r.steps}" + (f" (resumed at {r.resumed_from})" if r.resumed_from else "")),
         ("changed on resume", resume_changes_text(r.config.get("resume_changes"))),
         ("final loss", f"{r.final_loss:.5f}"),
@@ -396,6 +449,13 @@ def _render(r: Any) -> None:
         ("loss curve", str(r.loss_curve_path)),
         ("samples", str(r.grid_path)),
         ("kept steps", ", ".join(str(s) for s in r.kept_steps)),
+        (
+            "CLIP-I / CLIP-T",
+            ", ".join(
+                f"step {q['step']}: {q['clip_i']:.3f} / {q['clip_t']:.3f}" for q in r.quality
+            ),
+        ),
+        ("tensorboard", f"tensorboard --logdir {r.tensorboard_dir}" if r.tensorboard_dir else ""),
     ]
     for k, v in rows:
         if v:  # paths, the initializer and the name are the user's text: never markup

@@ -46,6 +46,19 @@ RESUME_KEYS = (
     "prediction_type",
     "zero_terminal_snr",
     "clip_skip",
+    "captions",
+    "buckets",
+    "bucket_reso_steps",
+    "min_bucket_reso",
+    "max_bucket_reso",
+    "bucket_no_upscale",
+    # --init-from: the entry's vectors (by hash). The outputs (validation prompts,
+    # --clip-model, --no-tensorboard) may change, as --sample-every may: they
+    # change what is rendered and measured, not what is learned.
+    "init_from_sha256",
+    # --accumulate: the draws of an optimizer step (--gradient-checkpointing and
+    # --cuda-graphs change how a step runs, not what it computes: they may change).
+    "accumulate",
 )
 #: What a checkpoint written before a setting existed ran with (read as its value).
 RESUME_DEFAULTS: dict[str, Any] = {
@@ -53,6 +66,9 @@ RESUME_DEFAULTS: dict[str, Any] = {
     "lr_warmup_steps": 0,
     "zero_terminal_snr": False,
     "clip_skip": 1,
+    "captions": "off",
+    "buckets": False,
+    "accumulate": 1,
 }
 #: Config keys that may differ on resume, each change recorded in the run's
 #: ``resume_changes``: the remedies a NaN loss names (a lower ``--lr``, another

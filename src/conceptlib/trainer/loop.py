@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     import torch
 
     from conceptlib.models.base import BaseModel
+    from conceptlib.trainer.buckets import BucketPixels, LatentBucket
 
 
 def placeholder_tokens(name: str, n: int) -> list[str]:
@@ -136,6 +137,10 @@ class TextualInversion:
         flip: also cache mirrored images and sample them half the time.
         compile: wrap the UNet in ``torch.compile``: ``True`` for the default (inductor)
             backend, or a backend's name (``"aot_eager"`` traces without generating code).
+        image_templates: per image, one format string per template (captions filled in,
+            :func:`~conceptlib.trainer.captions.image_templates`); ``templates`` then only
+            names the run's templates. ``pixels`` may instead be a list of
+            :class:`~conceptlib.trainer.buckets.BucketPixels` (aspect-ratio buckets).
 
     The encoders' embedding layers are swapped for :class:`MergedEmbedding` until
     :meth:`close` (also on a failure inside the constructor).
@@ -144,7 +149,7 @@ class TextualInversion:
     def __init__(
         self,
         base: BaseModel,
-        pixels: np.ndarray,
+        pixels: np.ndarray | Sequence[BucketPixels],
         templates: Sequence[str],
         *,
         name: str,
@@ -162,10 +167,16 @@ class TextualInversion:
         zero_terminal_snr: bool = False,
         clip_skip: int = 1,
         lr_schedule: LRSchedule | None = None,
+        image_templates: Sequence[Sequence[str]] | None = None,
+        init_vectors: dict[str, np.ndarray] | None = None,
+        accumulate: int = 1,
+        gradient_checkpointing: bool = False,
+        cuda_graphs: bool = False,
     ) -> None:
         import torch
 
         self.base = base
+        self._init_vectors = init_vectors  # --init-from: the starting rows, by slot
         self.device = torch.device(base.device)
         self.dtype = base.dtype
         self.family = base.family
@@ -182,20 +193,32 @@ class TextualInversion:
             module.requires_grad_(False)
             module.eval()
         self.generator = torch.Generator(device=self.device).manual_seed(int(seed))
+        # Picks each step's aspect-ratio bucket on the host (no device sync).
+        self.bucket_generator = torch.Generator().manual_seed(int(seed))
+        self.buckets: list[LatentBucket] | None = None
+        self.latent_image: torch.Tensor | None = None  # image of each latent row (captions)
         self._merged: list[tuple[Any, Any, Any]] = []  # (encoder, original, merged)
+        self.accumulate = int(accumulate)  # micro-batches of `batch` per optimizer step
+        self.notes: list[str] = []  # lines for the run's log (pop_notes)
+        self._graph: Any = None  # fast_step.CudaGraphStep when the step is a CUDA graph
+        self._lr: Any = None  # its learning rate, a device tensor
+        self._checkpointing = False
+        self.attention: dict[str, Any] | None = None  # the SDPA backend chosen on CUDA
+        self._compile_timed = not compile
         try:
             check_clip_skip(base, self.clip_skip)
             self._setup(pixels, templates, name=name, init=init, lr=lr, weight_decay=weight_decay,
                         flip=flip, compile=compile, total_steps=total_steps, geometry=geometry,
-                        prediction_type=prediction_type,
+                        prediction_type=prediction_type, image_templates=image_templates,
                         zero_terminal_snr=zero_terminal_snr)  # fmt: skip
+            self._configure_step(gradient_checkpointing, cuda_graphs)
         except BaseException:
             self.close()
             raise
 
     def _setup(
         self,
-        pixels: np.ndarray,
+        pixels: np.ndarray | Sequence[BucketPixels],
         templates: Sequence[str],
         *,
         name: str,
@@ -208,6 +231,7 @@ class TextualInversion:
         geometry: Sequence[CropGeometry] | None,
         prediction_type: str | None,
         zero_terminal_snr: bool,
+        image_templates: Sequence[Sequence[str]] | None = None,
     ) -> None:
         import torch
 
@@ -231,6 +255,10 @@ class TextualInversion:
                     f"{slot.slot} tokenizer gave the placeholder tokens ids {ids}; expected "
                     f"consecutive ids from {vocab} (the size of its embedding table)"
                 )
+            if self._init_vectors is not None:  # --init-from: a registered entry's rows
+                start = torch.as_tensor(self._init_vectors[slot.slot], dtype=torch.float32)
+                self._add_rows(slot, start, ids[0], merged_cls)
+                continue
             init_ids = tok(init, add_special_tokens=False).input_ids
             if not init_ids:
                 raise UsageError(
@@ -253,24 +281,24 @@ class TextualInversion:
             table = frozen.weight.detach()
             rows = [init_ids[i % len(init_ids)] for i in range(self.num_vectors)]
             start = table[torch.tensor(rows, device=table.device)].float()
-            param = torch.nn.Parameter(start.to(self.device, torch.float32).clone())
-            self.params[slot.slot] = param
-            merged = merged_cls(frozen, param, ids[0])
-            enc.set_input_embeddings(merged)
-            self._merged.append((enc, frozen, merged))
+            self._add_rows(slot, start, ids[0], merged_cls)
 
         # ---- templates, tokenized once per tokenizer
         self.templates = list(templates)
-        prompts = [t.format(self.placeholder_text) for t in self.templates]
+        rows = self.templates
+        if image_templates is not None:  # row image * T + template: T prompts per image
+            rows = [t for per in image_templates for t in per]
+            self.templates = list(image_templates[0])  # previews: the first image's prompts
+        prompts = [t.format(self.placeholder_text) for t in rows]
         self.template_ids = [self._tokenize(s, prompts) for s in base.slots]
         first = self.template_ids[0]
         start_id = self._merged[0][2].first_id
         present = (first >= start_id).sum(dim=1)
         if bool((present != self.num_vectors).any()):
-            bad = self.templates[int((present != self.num_vectors).nonzero()[0, 0])]
-            raise TrainingError(
-                f"template {bad!r} is too long: the placeholder falls outside 77 tokens"
-            )
+            i = int((present != self.num_vectors).nonzero()[0, 0])
+            what = f"template {rows[i]!r}" if image_templates is None else (
+                f"the prompt of image {i // len(self.templates) + 1}")  # fmt: skip
+            raise TrainingError(f"{what} is too long: the placeholder falls outside 77 tokens")
         self.eos_ids = [int(s.tokenizer.eos_token_id) for s in base.slots]
 
         # ---- noise schedule
@@ -293,10 +321,20 @@ class TextualInversion:
         self.alphas_cumprod = ddpm.alphas_cumprod.to(self.device, torch.float32)
 
         # ---- images: VAE posterior of each image and its mirror, once
-        self.resolution = int(pixels.shape[-1])
-        self.mean, self.std = self._encode_images(pixels, flip=flip)
-        self.num_latents = int(self.mean.shape[0])
-        if self.family == Family.SDXL:
+        if not isinstance(pixels, np.ndarray):  # aspect-ratio buckets
+            from conceptlib.trainer.buckets import encode_buckets
+
+            self.resolution = int(pixels[0].resolution)
+            self.buckets = encode_buckets(self, pixels, flip=flip)
+            self.bucket_weights = torch.tensor([float(b.count) for b in self.buckets])
+        else:
+            self.resolution = int(pixels.shape[-1])
+            if image_templates is not None:
+                n = int(pixels.shape[0])
+                self.latent_image = torch.arange(n, device=self.device).repeat(2 if flip else 1)
+            self.mean, self.std = self._encode_images(pixels, flip=flip)
+            self.num_latents = int(self.mean.shape[0])
+        if self.family == Family.SDXL and self.buckets is None:
             # Per cached latent: its image's original size and crop corner (the mirrored
             # latents with the mirrored left offset), as diffusers' SDXL scripts do.
             r = self.resolution
@@ -337,6 +375,18 @@ class TextualInversion:
             self.unet_fn = torch.compile(self.unet, dynamic=False, backend=backend)
 
     # ------------------------------------------------------------------ set-up helpers
+
+    def _add_rows(self, slot: Any, start: torch.Tensor, first_id: int, merged_cls: type) -> None:
+        """Train ``start`` (``[n, d]``) as the rows of ids ``first_id``... of ``slot``."""
+        import torch
+
+        enc = slot.encoder
+        frozen = enc.get_input_embeddings()
+        param = torch.nn.Parameter(start.to(self.device, torch.float32).clone())
+        self.params[slot.slot] = param
+        merged = merged_cls(frozen, param, first_id)
+        enc.set_input_embeddings(merged)
+        self._merged.append((enc, frozen, merged))
 
     def _tokenize(self, slot: Any, prompts: list[str]) -> torch.Tensor:
         tok = slot.tokenizer
@@ -429,20 +479,54 @@ class TextualInversion:
             noisy.to(self.dtype), t, encoder_hidden_states=emb.to(self.dtype), **kwargs
         ).sample
 
-    def _draw(self, generator: torch.Generator, batch: int) -> dict[str, torch.Tensor]:
+    def _draw(self, generator: torch.Generator, batch: int) -> dict[str, Any]:
         import torch
 
         dev = self.device
-        idx = torch.randint(0, self.num_latents, (batch,), generator=generator, device=dev)
+        bucket = None
+        if self.buckets is None:
+            mean = self.mean
+        else:  # one bucket per batch, weighted by its image count
+            from conceptlib.trainer.buckets import pick_bucket
+
+            own = generator is self.generator
+            bucket = pick_bucket(self.bucket_weights, self.bucket_generator if own else generator)
+            mean = self.buckets[bucket].mean
+        idx = torch.randint(0, int(mean.shape[0]), (batch,), generator=generator, device=dev)
         tmpl = torch.randint(0, len(self.templates), (batch,), generator=generator, device=dev)
-        eps = torch.randn(self.mean[idx].shape, generator=generator, device=dev)
+        eps = torch.randn((batch, *mean.shape[1:]), generator=generator, device=dev)
         noise = torch.randn(eps.shape, generator=generator, device=dev)
         t = torch.randint(0, self.num_train_timesteps, (batch,), generator=generator, device=dev)
-        return {"idx": idx, "tmpl": tmpl, "eps": eps, "noise": noise, "t": t}
+        d = {"idx": idx, "tmpl": tmpl, "eps": eps, "noise": noise, "t": t}
+        if bucket is not None:
+            d["bucket"] = bucket
+        return d
+
+    def _source(self, d: dict[str, Any]) -> tuple[Any, Any, Any, list[Any]]:
+        """A draw's latent mean and std, SDXL time ids (``None`` otherwise) and prompt
+        token ids per slot (row ``image * T + template`` when prompts are per image)."""
+        if "bucket" in d:
+            b = self.buckets[d["bucket"]]
+            mean, std, time_ids, image = b.mean, b.std, b.time_ids, b.image
+        else:
+            mean, std, image = self.mean, self.std, self.latent_image
+            time_ids = self.add_time_ids if self.family == Family.SDXL else None
+        rows = d["tmpl"]
+        if image is not None and len(self.template_ids[0]) > len(self.templates):
+            rows = image[d["idx"]] * len(self.templates) + d["tmpl"]
+        return mean, std, time_ids, [ids[rows] for ids in self.template_ids]
 
     def _loss(self, d: dict[str, torch.Tensor]) -> torch.Tensor:
+        noisy, target, ids, time_ids = self._inputs(d)
+        emb, pooled = self.encode_prompts(ids)
+        pred = self._unet(noisy, d["t"], emb, pooled, time_ids)
+        return compute_loss(pred, target, step=self.step_count)
 
-        z = self.mean[d["idx"]] + self.std[d["idx"]] * d["eps"]
+    def _inputs(self, d: dict[str, torch.Tensor]) -> tuple[Any, Any, list[Any], Any]:
+        """A draw's noisy latents, target, token ids per slot and SDXL time ids (a plan
+        run, :mod:`conceptlib.trainer.multi`, batches several concepts' inputs)."""
+        mean, std, all_time_ids, ids = self._source(d)
+        z = mean[d["idx"]] + std[d["idx"]] * d["eps"]
         ab = self.alphas_cumprod[d["t"]].view(-1, 1, 1, 1)
         noisy = ab.sqrt() * z + (1 - ab).sqrt() * d["noise"]
         if self.prediction_type == "v_prediction":
@@ -451,30 +535,107 @@ class TextualInversion:
             target = z
         else:
             target = d["noise"]
-        emb, pooled = self.encode_prompts([ids[d["tmpl"]] for ids in self.template_ids])
-        time_ids = self.add_time_ids[d["idx"]] if self.family == Family.SDXL else None
-        pred = self._unet(noisy, d["t"], emb, pooled, time_ids)
-        return compute_loss(pred, target, step=self.step_count)
+        time_ids = all_time_ids[d["idx"]] if all_time_ids is not None else None
+        return noisy, target, ids, time_ids
 
     # ------------------------------------------------------------------ training
 
+    def _configure_step(self, gradient_checkpointing: bool, cuda_graphs: bool) -> None:
+        """Gradient checkpointing, the SDPA backend (CUDA) and the CUDA-graph step
+        (:mod:`conceptlib.trainer.fast_step`); undone by :meth:`close`."""
+        from conceptlib.trainer import fast_step
+
+        if gradient_checkpointing:
+            self.unet.enable_gradient_checkpointing(fast_step.checkpoint_function())
+            self._checkpointing = True
+        if self.device.type == "cuda":
+            self.attention = fast_step.choose_attention(
+                self.unet, self.device, self.dtype, self.resolution
+            )
+            self.notes.append(f"attention: {self.attention['backend'] or 'default'} "
+                              f"({self.attention['reason']})")  # fmt: skip
+        if not cuda_graphs:
+            return
+        if self.buckets is not None:
+            self.notes.append("CUDA graphs: eager step (aspect-ratio buckets change the shape)")
+            return
+        group = self.optimizer.param_groups[0]
+        self.optimizer = fast_step.capturable_optimizer(
+            list(self.params.values()), float(group["lr"]), float(group["weight_decay"])
+        )
+        self._lr = self.optimizer.param_groups[0]["lr"]
+        self._graph = fast_step.CudaGraphStep(self, self._optimise)
+
+    @property
+    def step_mode(self) -> str:
+        """``cuda-graph`` or ``eager``: how :meth:`step` runs now."""
+        return "cuda-graph" if self._graph is not None else "eager"
+
+    def pop_notes(self) -> list[str]:
+        """Lines for the run's log since the last call (attention choice, compile time,
+        a CUDA-graph capture that fell back)."""
+        notes, self.notes = self.notes, []
+        return notes
+
     def step(self) -> None:
-        """One optimisation step; the loss lands in ``loss_buffer[step]`` (no host sync)."""
-        d = self._draw(self.generator, self.batch)
-        loss = self._loss(d)
+        """One optimizer step over ``accumulate`` micro-batches of ``batch``; the loss
+        (their mean) lands in ``loss_buffer[step]`` (no host sync).
+
+        The ``accumulate * batch`` samples are drawn at once and split, so
+        ``accumulate=2, batch=2`` draws and updates what ``batch=4`` does.
+        """
+        import time
+
+        started = time.perf_counter()
+        d = self._draw(self.generator, self.batch * self.accumulate)
         self.set_lr(self.lr_schedule.rate(self.step_count + 1))
-        self.optimizer.zero_grad(set_to_none=True)
-        if self.scaler is not None:
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            loss.backward()
-            self.optimizer.step()
+        loss = self._graph_step(d) if self._graph is not None else self._optimise(d)
         if self.step_count >= self.loss_buffer.shape[0]:
             self._grow_buffer(self.step_count + 1)
-        self.loss_buffer[self.step_count] = loss.detach()
+        self.loss_buffer[self.step_count] = loss
         self.step_count += 1
+        if not self._compile_timed:  # the first compiled step is mostly compilation
+            self._compile_timed = True
+            self.notes.append(f"torch.compile: the first step took "
+                              f"{time.perf_counter() - started:.1f} s (compiling)")  # fmt: skip
+
+    def _graph_step(self, d: dict[str, Any]) -> torch.Tensor:
+        try:
+            return self._graph.run(d)
+        except RuntimeError as exc:  # capture impossible here: eager from now on
+            if self._graph.graph is not None:
+                raise
+            self._graph = None
+            self.notes.append(f"CUDA graphs: capture failed, eager step from now on ({exc})")
+            return self._optimise(d)
+
+    def _optimise(self, d: dict[str, Any]) -> torch.Tensor:
+        """Zero the gradient, forward and backward each micro-batch of ``d`` (its loss
+        divided by their number: the gradient of the mean), one optimizer step. Returns
+        the mean loss as a device tensor. The body of the CUDA graph, too."""
+        from conceptlib.trainer.fast_step import attention_context
+
+        n, b = self.accumulate, self.batch
+        self.optimizer.zero_grad(set_to_none=True)
+        total = None
+        with attention_context(self.attention):
+            for i in range(n):
+                part = d if n == 1 else {
+                    k: v[i * b : (i + 1) * b] if hasattr(v, "shape") else v for k, v in d.items()
+                }  # fmt: skip
+                loss = self._loss(part)
+                scaled = loss if n == 1 else loss / n
+                if self.scaler is not None:
+                    self.scaler.scale(scaled).backward()
+                else:
+                    scaled.backward()
+                total = loss.detach() if total is None else total + loss.detach()
+            if self.scaler is not None:
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+            else:
+                self.optimizer.step()
+        return total if n == 1 else total / n
 
     def _grow_buffer(self, size: int) -> None:
         import torch
@@ -539,13 +700,19 @@ class TextualInversion:
         }
         if self.scaler is not None:
             state["scaler"] = self.scaler.state_dict()
+        if self.buckets is not None:
+            state["bucket_generator"] = self.bucket_generator.get_state()
         return state
 
     def set_lr(self, lr: float) -> None:
         """Use learning rate ``lr`` for the next optimizer step (:meth:`step` sets the
         schedule's rate before each; the optimizer's moments are kept)."""
         for group in self.optimizer.param_groups:
-            group["lr"] = float(lr)
+            if self._lr is not None:  # the CUDA graph reads this device tensor
+                group["lr"] = self._lr
+                self._lr.fill_(float(lr))
+            else:
+                group["lr"] = float(lr)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         import torch
@@ -562,6 +729,10 @@ class TextualInversion:
         self.loss_buffer[: losses.shape[0]] = losses
         if self.scaler is not None and "scaler" in state:
             self.scaler.load_state_dict(state["scaler"])
+        if self._graph is not None:  # new optimizer state tensors: capture again
+            self._graph.invalidate()
+        if self.buckets is not None and "bucket_generator" in state:
+            self.bucket_generator.set_state(state["bucket_generator"])
 
     # ------------------------------------------------------------------ samples
 
@@ -618,6 +789,9 @@ class TextualInversion:
             enc.set_input_embeddings(original)
         self._merged = []
         self.base.pipeline.scheduler = self._scheduler
+        if getattr(self, "_checkpointing", False):
+            self.unet.disable_gradient_checkpointing()
+            self._checkpointing = False
 
 
 def compute_loss(pred: torch.Tensor, target: torch.Tensor, *, step: int) -> torch.Tensor:

@@ -45,7 +45,7 @@ class TrainResult:
     base_model_fingerprint: str
     training_images_hash: str
     training_image_count: int
-    initializer: str
+    initializer: str | None
     init_tokens: dict[str, list[str]]
     losses: list[float]
     run_dir: Path
@@ -56,10 +56,15 @@ class TrainResult:
     kept_steps: list[int] = field(default_factory=list)
     resumed_from: int | None = None
     log: list[str] = field(default_factory=list)
+    #: ``{"step", "clip_i", "clip_t"}`` per scored step (``clip_model``).
+    quality: list[dict[str, Any]] = field(default_factory=list)
+    #: ``init_from``: the entry the run started from (its ``parents`` record).
+    parents: list[dict[str, Any]] = field(default_factory=list)
+    tensorboard_dir: Path | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out = {k: v for k, v in asdict(self).items() if k not in ("embedding", "info", "losses")}
-        for k in ("run_dir", "embedding_path", "loss_curve_path", "grid_path"):
+        for k in ("run_dir", "embedding_path", "loss_curve_path", "grid_path", "tensorboard_dir"):
             out[k] = str(out[k]) if out[k] is not None else None
         out["sample_paths"] = [str(p) for p in self.sample_paths]
         out["tensor_sha256"] = self.embedding.tensor_sha256

@@ -21,6 +21,18 @@ SYNC_EVERY_CUDA = 10
 FINAL_LOSS_WINDOW = 50
 
 
+def points_due(
+    step: int, steps: int, *, checkpoint_every: int, sample_every: int, save_every: int
+) -> tuple[bool, bool, bool]:
+    """Whether ``step`` is a checkpoint, sample or kept step (each ``every`` 0: never;
+    the last step is none of them: the run's end writes its own outputs)."""
+
+    def due(every: int) -> bool:
+        return bool(every) and step % every == 0 and step < steps
+
+    return due(checkpoint_every), due(sample_every), due(save_every)
+
+
 class Run:
     """The bookkeeping of one ``train()`` call: log, progress, losses, samples, outputs."""
 
@@ -43,6 +55,14 @@ class Run:
         self.final_images: list[Any] = []
         self.keep: dict[str, Any] = {}  # the run's record for kept steps (run.json)
         self.kept_steps: list[int] = []
+        from conceptlib.trainer.outputs import OutputOptions, RunOutputs
+        from conceptlib.trainer.validation import Validation
+
+        # What is rendered, scored and logged (train() sets the run's own options).
+        self.outputs = RunOutputs(OutputOptions(Validation(), [], tensorboard=False), "")
+        self.sample_columns: list[str] = []
+        self.parents: list[dict[str, Any]] = []  # --init-from: the entry it started from
+        self.replaces: Any = None  # --init-from under the entry's own name: that entry
         self.dir = Path(".")
         self.ckpt_path = Path(".")
 
@@ -84,10 +104,18 @@ class Run:
         """Continue from the checkpoint: same settings except :data:`RESUME_MAY_CHANGE
         <conceptlib.trainer.checkpoint.RESUME_MAY_CHANGE>`, each change recorded in
         ``config["resume_changes"]``; vectors that would fail the importer are refused."""
-        from conceptlib.trainer.checkpoint import check_resumable, load_checkpoint, vectors_problem
+        from conceptlib.trainer.checkpoint import load_checkpoint
 
-        path = self.ckpt_path
-        state, saved = load_checkpoint(path)
+        state, saved = load_checkpoint(self.ckpt_path)
+        self.restore(engine, config, state, saved, self.ckpt_path)
+
+    def restore(
+        self, engine: Any, config: dict[str, Any], state: Any, saved: Any, path: Path
+    ) -> None:
+        """:meth:`resume` from a checkpoint already read (a plan run's file holds the
+        ``state`` and ``saved`` config of each of its concepts)."""
+        from conceptlib.trainer.checkpoint import check_resumable, vectors_problem
+
         try:
             step = int(state["step"])
             wall = float(state.get("wall_time_s", 0.0))
@@ -118,6 +146,8 @@ class Run:
                 f"{path}: the checkpoint does not fit this run ({type(exc).__name__}: {exc})",
                 path=str(path),
             ) from exc
+        if self.outputs is not None and isinstance(state.get("quality"), list):
+            self.outputs.quality = [q for q in state["quality"] if isinstance(q, dict)]
         fresh = changes[len(saved.get("resume_changes") or []) :]
         config["resume_changes"] = changes
         self.previous_wall = wall
@@ -132,7 +162,7 @@ class Run:
         from conceptlib.trainer.report import png_bytes
 
         self.report(step, None, phase="samples")
-        images = engine.generate(engine.templates[:2], seed=1000, steps=n_steps)
+        images, self.sample_columns = self.outputs.render(engine, step, n_steps)
         for i, im in enumerate(images):
             p = self.dir / "samples" / f"step-{step:06d}-{i}.png"
             atomic_write_bytes(p, png_bytes(im))
@@ -164,10 +194,13 @@ class Run:
         tick = time.perf_counter()
         while engine.step_count < steps:
             engine.step()
+            for note in engine.pop_notes() if getattr(engine, "notes", None) else ():
+                self.say(note)
             s = engine.step_count
-            ckpt_now = bool(checkpoint_every) and s % checkpoint_every == 0 and s < steps
-            sample_now = bool(sample_every) and s % sample_every == 0 and s < steps
-            keep_now = bool(save_every) and s % save_every == 0 and s < steps
+            ckpt_now, sample_now, keep_now = points_due(
+                s, steps, checkpoint_every=checkpoint_every, sample_every=sample_every,
+                save_every=save_every,
+            )  # fmt: skip
             if not (s % sync_every == 0 or s == steps or ckpt_now or sample_now or keep_now):
                 continue
             fresh = engine.read_losses(read_upto, s)  # the one host sync
@@ -176,6 +209,7 @@ class Run:
             if bad is not None:
                 self._nan(read_upto + bad + 1, fresh[bad], config)
             self.losses.extend(fresh)
+            self.outputs.losses(read_upto + 1, fresh, engine.lr_schedule.rate)
             read_upto = s
             rate = (s - first) / self.train_seconds if self.train_seconds > 0 else None
             self.report(s, float(np.mean(fresh)), rate=rate)
@@ -187,6 +221,7 @@ class Run:
                 if problem is not None:
                     self._diverged(s, problem, config)
                 state["wall_time_s"] = self.wall()
+                state["quality"] = list(self.outputs.quality)
                 save_checkpoint(self.ckpt_path, state, config)
                 self.last_good = s
             if sample_now:
@@ -211,10 +246,10 @@ class Run:
             images = self.final_images
         else:
             self.report(step, None, phase="samples")
-            images = engine.generate(engine.templates[:2], seed=1000, steps=sample_steps)
+            images, _ = self.outputs.render(engine, step, sample_steps)
         save_step(self.dir, name=self.keep["config"]["name"], step=step, vectors=vectors,
                   images=images, losses=self.losses, wall_time_s=self.wall(),
-                  run_facts=self.keep)  # fmt: skip
+                  run_facts=self.keep, metrics=self.outputs.at(step))  # fmt: skip
         self.kept_steps.append(step)
 
     def _all_kept(self, name: str) -> list[int]:
@@ -291,9 +326,10 @@ class Run:
         emb_path = self.dir / "learned_embeds.safetensors"
         atomic_write_bytes(emb_path, emb.canonical_bytes())
         title = f"{name} on {bm.model_id}: {self.steps} steps, lr {config['lr']}, batch {config['batch']}"
-        loss_png = loss_curve_png(self.losses, title=title)
+        quality = self.outputs.quality
+        loss_png = loss_curve_png(self.losses, title=title, quality=quality)
         atomic_write_bytes(self.dir / "loss.png", loss_png)
-        grid_png = sample_grid_png(self.sample_rows)
+        grid_png = sample_grid_png(self.sample_rows, columns=self.sample_columns)
         atomic_write_bytes(self.dir / "samples.png", grid_png)
         device = device_name(engine.device)
         init_tokens = {r.slot: r.tokens for r in engine.init_reports}
@@ -315,13 +351,17 @@ class Run:
                 "training_image_count": imgs.count,
                 "initializer": init,
             }
+            from conceptlib.trainer.steps import add_version
+
             record = TrainingRunRecord(
                 config=config, steps=self.steps, final_loss=final_loss,
-                wall_time_s=self.wall(), device=device, **facts,
+                wall_time_s=self.wall(), device=device, **self.outputs.at(self.steps),
+                metrics={"quality": quality} if quality else {}, **facts,
             )  # fmt: skip
-            info = library.add_embedding(
-                emb, name=name, kind=kind, source="trained", source_ref=str(self.dir),
-                tags=tags, description=description, previews=previews, training_run=record,
+            info = add_version(
+                library, emb, self.replaces, name=name, kind=kind, source="trained",
+                source_ref=str(self.dir), tags=tags, description=description,
+                previews=previews, training_run=record, parents=self.parents,
                 extra={"init_tokens": init_tokens, "precision": precision,
                        "clip_skip": config.get("clip_skip", 1)}, **facts,
             )  # fmt: skip
@@ -338,6 +378,8 @@ class Run:
             losses=self.losses, run_dir=self.dir, embedding_path=emb_path,
             loss_curve_path=self.dir / "loss.png", sample_paths=self.sample_paths,
             grid_path=self.dir / "samples.png", kept_steps=self._all_kept(name), resumed_from=self.resumed_from, log=self.lines,
+            quality=list(quality), parents=list(info.parents if info else self.parents),
+            tensorboard_dir=self.outputs.board.dir if self.outputs.board else None,
         )  # fmt: skip
 
 
@@ -345,7 +387,7 @@ def device_name(device: Any) -> str:
     if device.type == "cuda":
         import torch
 
-        return f"cuda ({torch.cuda.getdevice_name(device)})"
+        return f"cuda ({torch.cuda.get_device_name(device)})"
     import platform
 
     return f"cpu ({platform.processor() or platform.machine()})"

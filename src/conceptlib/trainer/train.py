@@ -42,14 +42,16 @@ PRECISIONS = ("bf16", "fp16", "fp32")
 
 
 def _check_options(
-    name: str, init: str, vectors: int, steps: int, lr: float | str, batch: int, kind: str
+    name: str, init: str | None, vectors: int, steps: int, lr: float | str, batch: int, kind: str
 ) -> str:
     from conceptlib.config import MAX_VECTORS
     from conceptlib.schemas.names import validate_name
     from conceptlib.trainer.loop import placeholder_tokens
 
     name = validate_name(name)
-    if not init.strip():
+    if init is None:  # --init-from: the vectors come from a registered entry
+        init = ""
+    elif not init.strip():
         raise UsageError("--init is empty; expected word(s) close to the concept, e.g. --init toy")
     # The placeholder tokens are added to the tokenizer, past its embedding table:
     # an initializer holding one has no vector to start from.
@@ -143,7 +145,9 @@ def _schedule_warnings(
     return chosen, ztsnr, notes
 
 
-def _check_registrable(library: Library, name: str, tags: Sequence[str]) -> None:
+def _check_registrable(
+    library: Library, name: str, tags: Sequence[str], *, new_version: bool = False
+) -> None:
     """Fail before training, not after, when the result could not be registered."""
     from conceptlib.registry.pending import validate_tag
     from conceptlib.schemas.vocabulary import is_common_word
@@ -157,7 +161,7 @@ def _check_registrable(library: Library, name: str, tags: Sequence[str]) -> None
             hint=f"choose a distinctive --name, e.g. {name}-style or my-{name}",
         )
     existing = library.find(name)
-    if existing is not None:
+    if existing is not None and not new_version:  # --init-from NAME under NAME: a version
         raise NameCollision(
             f"the name {name!r} is taken by an existing embedding ({existing.name})",
             hint="choose another --name, or remove the existing entry first",
@@ -232,9 +236,9 @@ def train(
     images: Sequence[str | os.PathLike[str]],
     *,
     name: str,
-    init: str,
+    init: str | None = None,
     base: str | os.PathLike[str] | BaseModel = "tiny-sd1",
-    vectors: int = 1,
+    vectors: int | None = None,
     kind: str = "object",
     steps: int = DEFAULT_STEPS,
     lr: float | str = DEFAULT_LR,
@@ -250,6 +254,13 @@ def train(
     sample_every: int = DEFAULT_SAMPLE_EVERY,
     sample_steps: int | None = None,
     save_every: int | None = None,
+    init_from: str | None = None,
+    validation_prompts: Sequence[str] = (),
+    validation_negative: str | None = None,
+    validation_seed: int = 1000,
+    validation_guidance: float = 7.5,
+    clip_model: str | os.PathLike[str] | None = None,
+    tensorboard: bool = True,
     weight_decay: float = 0.0,
     flip: bool = True,
     lr_schedule: str = "constant",
@@ -257,7 +268,17 @@ def train(
     prediction_type: str | None = None,
     zero_terminal_snr: bool = False,
     clip_skip: int = 1,
+    captions: str = "off",
+    caption_extension: str = ".txt",
+    buckets: bool = False,
+    bucket_reso_steps: int | None = None,
+    min_bucket_reso: int | None = None,
+    max_bucket_reso: int | None = None,
+    bucket_no_upscale: bool = False,
     compile: bool | str = False,
+    accumulate: int = 1,
+    gradient_checkpointing: bool | None = None,
+    cuda_graphs: str = "off",
     device: str | None = None,
     base_config: str | os.PathLike[str] | None = None,
     min_images: int | None = None,
@@ -276,13 +297,14 @@ def train(
             registering, a name that is already a word of the base model's tokenizers
             (``ukiyoe`` on a model that knows it; with ``vectors > 1`` also ``name_1``...;
             both SDXL tokenizers) is refused before images or weights load.
-        init: initializer word(s); their tokens give the initial vectors, cycled. Must
-            be words of the base model's vocabulary (not the run's placeholder tokens).
+        init: initializer word(s) (or ``init_from``); their tokens give the initial
+            vectors, cycled. Must be words of the base model's vocabulary (not the
+            run's placeholder tokens).
         base: ``tiny-sd1``, ``tiny-sdxl``, a diffusers folder, a ``.safetensors``
             checkpoint, a repo id in the local Hugging Face cache, or an already
             loaded :class:`~conceptlib.models.base.BaseModel` (its tokenizers keep
             the placeholder tokens afterwards).
-        vectors: vectors per text-encoder slot (1-75).
+        vectors: vectors per text-encoder slot (1-75; default 1, or ``init_from``'s).
         kind: ``object`` or ``style``; picks the default templates.
         steps, lr, batch: optimisation length, AdamW learning rate, images per step.
             ``lr`` may be A1111's step syntax, ``"0.05:10, 0.02:20, 0.005"`` (rate until
@@ -307,6 +329,17 @@ def train(
             ``RUN/steps/`` (:mod:`conceptlib.trainer.steps`; A1111's "save a copy of
             embedding every N steps"); register one later with
             :func:`~conceptlib.trainer.steps.register_step`.
+        init_from: start from this registered entry's vectors instead of ``init``
+            (not both); ``vectors`` is the entry's, its family must be the base model's;
+            the new entry lists it in ``parents``, and under the entry's own ``name`` is
+            its next version (:mod:`conceptlib.trainer.init_from`).
+        validation_prompts, validation_negative, validation_seed, validation_guidance:
+            what the run renders at each sample point and kept step (default: the first
+            two templates, seed 1000, guidance 7.5); the concept is ``{}`` or ``name``
+            (:mod:`conceptlib.trainer.validation`). ``sample_steps`` is their steps.
+        clip_model: a CLIP model folder or cached repo id: score the validation images
+            with CLIP-I / CLIP-T (:mod:`conceptlib.trainer.quality`).
+        tensorboard: write TensorBoard event files in ``RUN/tensorboard/``.
         weight_decay, flip: AdamW weight decay (on the trained rows only); also train on
             mirrored images (off for text, logos and anything asymmetric).
         prediction_type: ``epsilon`` or ``v_prediction``: force the UNet's target
@@ -318,8 +351,21 @@ def train(
             1 = the last layer (SD 1.x/2.x) or, for SDXL, the penultimate layer stock
             SDXL uses; N reads N-1 layers earlier. Recorded in the run and in the
             entry's ``extra["clip_skip"]``.
+        captions, caption_extension: per-image captions: ``off``, ``txt`` (a caption file
+            with ``caption_extension`` beside each image), ``filename`` (A1111's words of
+            the file name) or ``auto`` (the file where there is one); they fill the
+            templates' ``[filewords]`` and count in the images hash
+            (:mod:`conceptlib.trainer.captions`).
+        buckets, bucket_reso_steps, min_bucket_reso, max_bucket_reso, bucket_no_upscale:
+            aspect-ratio buckets instead of a centre-cropped square, and their step,
+            smallest and largest side, and never-enlarge option (defaults: 64 px (8 below
+            256 px), half and twice the resolution; :mod:`conceptlib.trainer.buckets`).
         compile: ``torch.compile`` the UNet (worth it on CUDA): ``True`` for inductor, or
             a backend's name.
+        accumulate, gradient_checkpointing, cuda_graphs: micro-batches of ``batch`` per
+            optimizer step; checkpointing the UNet (``None``: on when the memory estimate
+            says the run does not fit the GPU); ``auto``/``on``/``off`` for the CUDA-graph
+            step (:mod:`conceptlib.trainer.memory`, :mod:`conceptlib.trainer.fast_step`).
         device: ``cpu``, ``cuda``, ``cuda:N``, ``mps``, or ``None``/``"auto"`` (CUDA when
             available); checked first (:func:`~conceptlib.models.base.resolve_device`).
         base_config: for a single-file ``base``: the diffusers folder (or cached repo id)
@@ -356,7 +402,17 @@ def train(
     from conceptlib.trainer.templates import load_templates
 
     run = Run(progress=progress, log=log, steps=steps, checkpoint_every=checkpoint_every)
-    name = _check_options(name, init, vectors, steps, lr, batch, kind)
+    from conceptlib.trainer import init_from as start_mod
+    from conceptlib.trainer.outputs import RunOutputs, check_outputs, check_tokenizers
+
+    start_mod.check_start(init, init_from)
+    name = _check_options(name, init, vectors or 1, steps, lr, batch, kind)
+    run.outputs = RunOutputs(check_outputs(
+        name=name, prompts=validation_prompts, negative=validation_negative,
+        seed=validation_seed, guidance=validation_guidance, clip_model=clip_model,
+        tensorboard=tensorboard), name)  # fmt: skip
+    for w in run.outputs.options.warnings:
+        run.say(w)
     from conceptlib.trainer.steps import check_save_every
 
     check_save_every(save_every, steps)
@@ -365,20 +421,40 @@ def train(
         prediction_type=prediction_type, clip_skip=clip_skip,
         weight_decay=weight_decay,
     )  # fmt: skip
+    from conceptlib.trainer import buckets as bucket_mod
+    from conceptlib.trainer import captions as caption_mod
+
+    caption_mod.check_caption_options(captions, caption_extension)
+    bucket_mod.check_bucket_options(buckets, bucket_reso_steps, min_bucket_reso,
+                                    max_bucket_reso, bucket_no_upscale, resolution)  # fmt: skip
     loaded = base if isinstance(base, BaseModel) else None
     if loaded is None:  # a device or precision this machine cannot use fails first
         dev = resolve_device(device)
         precision, dtype = _precision(precision, dev)
+    from conceptlib.trainer import fast_step, memory
+
+    step_choice = fast_step.check_step_options(
+        accumulate, cuda_graphs, device=dev if loaded is None else loaded.device,
+        precision=precision or {"torch.float16": "fp16"}.get(str(loaded.dtype), "bf16"),
+        compile=compile, static_shapes=not buckets)  # fmt: skip
     owned_library = None
-    if register and library is None:
+    if (register or init_from is not None) and library is None:
         from conceptlib.registry.library import Library
 
         library = owned_library = Library.open()
     try:
+        start = None
+        if init_from is not None:  # the entry's vectors, before anything loads
+            start = start_mod.load_init_from(library, init_from, init=init, vectors=vectors,
+                                             name=name)  # fmt: skip
+            run.parents, run.replaces = [start.parent(start.info.name)], (
+                start.info if start.same_name else None)  # fmt: skip
+        vectors = start.info.num_vectors if start is not None else (vectors or 1)
         if register:
-            _check_registrable(library, name, tags)
+            _check_registrable(library, name, tags, new_version=run.replaces is not None)
         settings = library.settings if library is not None else load_settings()
-        run.set_dir(Path(run_dir) if run_dir else settings.runs_dir / name)
+        folder = start_mod.run_folder_name(name, start)
+        run.set_dir(Path(run_dir) if run_dir else settings.runs_dir / folder)
         if resume:
             require_checkpoint(run.ckpt_path)  # before the minutes of loading a base model
         elif run.ckpt_path.exists():
@@ -388,15 +464,23 @@ def train(
                 path=str(run.ckpt_path),
             )
         template_list = load_templates(templates, kind=kind)
+        template_list = caption_mod.caption_templates(
+            template_list, captions, given=templates is not None
+        )
         tiny_cache = Path(cache_dir) if cache_dir else settings.cache_dir
-        if register:  # the trigger against the real vocabulary, before images and weights
-            early = (
+        early = None
+        if register or captions != "off" or start or validation_prompts:  # the trigger (and
+            early = (  # captions, prompts, family) against the real vocabulary, before
+                # images and weights
                 [(s.slot, s.tokenizer) for s in loaded.slots]
                 if loaded is not None
                 else base_tokenizers(base, cache_dir=tiny_cache, config=base_config)
             )
-            if early:
+            if early and register:
                 _check_trigger(name, vectors, early, str(getattr(base, "ref", base)))
+            check_tokenizers(
+                run.outputs.options, start, early, vectors, str(getattr(base, "ref", base))
+            )
 
         run.report(0, None, phase="setup")
         imgs = load_training_images(
@@ -404,6 +488,13 @@ def train(
         )
         for w in imgs.warnings:
             run.say(f"warning: {w}")
+        per_image, notes = caption_mod.prepare_captions(
+            imgs, captions, caption_extension, template_list, name=name, vectors=vectors,
+            tokenizers=early,
+        )  # fmt: skip
+        for note in notes:
+            run.say(note)
+        run.outputs.load_scorer(dev if loaded is None else loaded.device, imgs.images)
         if loaded is not None:
             bm = loaded
             precision = precision or {"torch.bfloat16": "bf16", "torch.float16": "fp16"}.get(
@@ -413,14 +504,38 @@ def train(
             bm = load_base(base, device=dev, dtype=dtype, cache_dir=tiny_cache, config=base_config)
         if register:  # single-file checkpoints without --base-config get their tokenizers here
             _check_trigger(name, vectors, [(s.slot, s.tokenizer) for s in bm.slots], bm.ref)
+        if per_image is not None and not early:  # a single file without --base-config
+            tokenizers = [(s.slot, s.tokenizer) for s in bm.slots]
+            for note in caption_mod.check_prompt_lengths(
+                per_image, [str(p) for p in imgs.paths], tokenizers, vectors
+            ):
+                run.say(note)
         if bm.is_tiny:
             run.say(f"note: {bm.ref} is a built-in test model; pass --base for a real one")
+        start_mod.check_loaded(start, bm)  # family and widths (also for a single file)
+        if not early:  # a single file without --base-config: its tokenizers only now
+            check_tokenizers(run.outputs.options, None, [(s.slot, s.tokenizer) for s in bm.slots],
+                             vectors, bm.ref)  # fmt: skip
+        sample_steps = sample_steps or (20 if bm.is_tiny else 30)
         res = int(resolution or bm.native_resolution)
         if res % 8 or res < 16:
             raise UsageError(f"--resolution {res}: expected a multiple of 8, at least 16")
         from conceptlib.trainer.loop import check_clip_skip
 
         check_clip_skip(bm, clip_skip)
+        ckpt, ckpt_why, mem, mem_lines = memory.choose_checkpointing(
+            gradient_checkpointing, bm, resolution=res, batch=batch, accumulate=accumulate,
+            precision=precision)  # fmt: skip
+        for line in mem_lines:
+            run.say(line)
+        bset = None
+        if buckets:
+            bset = bucket_mod.resolve_buckets(
+                res, bucket_reso_steps, min_bucket_reso, max_bucket_reso, bucket_no_upscale
+            )
+        bucketed = bucket_mod.to_bucket_pixels(imgs.images, res, bset) if bset else None
+        if bucketed:
+            run.say(bucket_mod.describe(bucketed))
         prediction, ztsnr, notes = _schedule_warnings(bm, prediction_type, zero_terminal_snr)
         for note in notes:
             run.say(note)
@@ -439,25 +554,37 @@ def train(
             "templates_sha256": hashlib.sha256("\n".join(template_list).encode()).hexdigest(),
             "tags": list(tags), "precision": precision, "device": bm.device,
             "checkpoint_every": checkpoint_every, "sample_every": sample_every,
-            "save_every": save_every,
+            "save_every": save_every, "accumulate": accumulate, "cuda_graphs": cuda_graphs,
+            "gradient_checkpointing": ckpt, "memory_estimate": mem.to_dict(),
             "weight_decay": weight_decay, "flip": flip, "compile": compile,
             "lr_schedule": lr_schedule, "lr_warmup_steps": lr_warmup_steps,
             "prediction_type": prediction, "zero_terminal_snr": ztsnr,
             "base_markers": dict(bm.markers), "clip_skip": clip_skip,
             "training_images_hash": imgs.hash, "training_image_count": imgs.count,
+            "captions": captions, "caption_extension": caption_extension,
+            **bucket_mod.config_entries(bset, bucketed),
+            **start_mod.init_config(start), **run.outputs.options.config(),
+            "sample_steps": sample_steps,
             "conceptlib_version": _version(), "resume_changes": [],
         }  # fmt: skip
         # diffusers warns through its logger when the VAE is upcast for encoding, and
         # its SDXL pipeline with a FutureWarning when sampling in fp16: the library is quiet.
         with quiet_libraries():
             engine = TextualInversion(
-                bm, to_pixels(imgs.images, res), template_list, name=name, init=init,
+                bm, bucketed or to_pixels(imgs.images, res), template_list, name=name,
+                init=init or "", init_vectors=start.vectors if start else None,
                 vectors=vectors, lr=schedule.rate(1), batch=batch, seed=seed,
                 weight_decay=weight_decay, flip=flip, compile=compile, total_steps=steps,
-                geometry=crop_geometry(imgs.images, res), prediction_type=prediction,
+                geometry=None if bset else crop_geometry(imgs.images, res),
+                prediction_type=prediction, image_templates=per_image,
                 zero_terminal_snr=ztsnr, clip_skip=clip_skip, lr_schedule=schedule,
+                accumulate=accumulate, gradient_checkpointing=ckpt, cuda_graphs=step_choice.graph,
             )  # fmt: skip
             run.engine = engine
+            config["step"] = fast_step.step_record(step_choice, engine, ckpt_why)
+            shown = [step_choice.message()] if cuda_graphs != "off" else []
+            for note in shown + engine.pop_notes():
+                run.say(note)
             try:
                 for r in engine.init_reports:
                     msg = r.message(init)
@@ -471,16 +598,18 @@ def train(
                     "device": device_name(engine.device),
                     "description": description,
                     "init_tokens": {r.slot: r.tokens for r in engine.init_reports},
+                    "parents": run.parents,
                 }
+                run.outputs.open_board(run.dir, config, engine.step_count)
                 run.train(engine, config, checkpoint_every=checkpoint_every, sample_every=sample_every,
-                          sample_steps=sample_steps or (20 if bm.is_tiny else 30),
-                          save_every=save_every or 0)  # fmt: skip
+                          sample_steps=sample_steps, save_every=save_every or 0)  # fmt: skip
                 return run.finish(
                     engine, bm, config, imgs, name=name, init=init, kind=kind, tags=tags,
                     description=description, precision=precision,
                     library=library if register else None,
                 )  # fmt: skip
             finally:
+                run.outputs.close()  # the event files flushed: at the end, on errors, Ctrl-C
                 engine.close()
     except KeyboardInterrupt as exc:
         raise run.interrupted() from exc
