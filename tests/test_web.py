@@ -188,6 +188,23 @@ def test_sort_newest_first(web):
     assert card_names(client.get("/?sort=oldest").text) == names[::-1]
 
 
+def test_sort_by_clip_scores_and_the_scores_on_the_concept_page(web, emb_factory):
+    """Quality scores stored by the trainer (``--clip-model``) sort the gallery, best
+    first and unscored last, and show on the concept page."""
+    from conceptlib.schemas.records import TrainingRunRecord
+
+    client, lib, _ = web
+    for i, (clip_i, clip_t) in enumerate([(0.61, 0.20), (0.83, 0.18), (0.72, 0.31)]):
+        run = TrainingRunRecord(config={}, steps=5, clip_i=clip_i, clip_t=clip_t)
+        lib.add_embedding(emb_factory(seed=90 + i), name=f"scored-{i}", training_run=run)
+    page = client.get("/?sort=clip-i").text
+    assert '<option value="clip-i" selected>' in page
+    assert card_names(page)[:3] == ["scored-1", "scored-2", "scored-0"]
+    assert card_names(client.get("/?sort=clip-t").text)[:3] == ["scored-2", "scored-0", "scored-1"]
+    concept = client.get(f"/c/{sha_of(lib, 'scored-1')}").text
+    assert '<td class="quality">0.8300 / 0.1800</td>' in concept
+
+
 def test_bad_filters_are_a_400_page(web):
     client, _, _ = web
     for query, fragment in (

@@ -45,7 +45,9 @@ MAX_FORM_BYTES = 256 * 1024
 _SHA = re.compile(r"[0-9a-f]{64}")
 #: HTTP status of a refused request, by the error's exit code (README's table).
 _STATUS = {2: 400, 5: 409, 6: 404, 7: 503}
-SORT_LABELS = {"name": "name", "newest": "newest first", "oldest": "oldest first"}
+SORT_LABELS = {"name": "name", "newest": "newest first", "oldest": "oldest first",
+               "clip-i": "CLIP-I (likeness), best first",
+               "clip-t": "CLIP-T (prompt fidelity), best first"}  # fmt: skip
 
 
 def _templates():  # noqa: ANN202
@@ -60,6 +62,7 @@ def _templates():  # noqa: ANN202
     )
     env.filters["when"] = _when
     env.filters["loss"] = lambda v: "" if v is None else f"{v:.5f}"
+    env.filters["score"] = lambda v: "-" if v is None else f"{v:.4f}"
     env.filters["q"] = lambda v: quote(str(v), safe="")
     return env
 
