@@ -20,7 +20,12 @@ from conceptlib.trainer.samples import write_sample_images
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_two_processes_split_the_plan_and_register_into_one_catalog(tmp_path, _isolated_home):
+def test_two_processes_split_the_plan_and_register_into_one_catalog(
+    tmp_path, _isolated_home, backend
+):
+    """Both ranks register into one catalog: SQLite in the home, or (``backend``
+    postgres) the shared PostgreSQL catalog named by CONCEPTLIB_DATABASE_URL, which the
+    children inherit."""
     write_sample_images(tmp_path / "a", 3, size=48, seed=0)
     write_sample_images(tmp_path / "b", 3, size=48, seed=7)
     plan = write_plan(tmp_path, SHARED.format(steps=3, ckpt=0) + ALPHA + BETA)
