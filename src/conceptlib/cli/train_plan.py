@@ -39,8 +39,9 @@ def train_plan_cmd(
 
     The plan's top-level keys are shared settings (base, steps, batch per concept,
     resolution, seed, precision, lr...); each [[concept]] table is one concept (name,
-    images, init, and optionally kind, vectors, tags, description, templates, lr, seed,
-    batch...). Each step mixes a batch of every concept; each concept's vectors get only
+    images, init or init_from, and optionally kind, vectors, tags, description, templates,
+    lr, seed, batch, captions, validation_prompts, clip_model...). buckets, accumulate and
+    cuda_graphs are refused: a step concatenates every concept's batch. Each step mixes a batch of every concept; each concept's vectors get only
     its own gradient, with its own optimizer state and random stream, so it ends as it
     would trained alone with the same seed. Each concept is registered with its own
     training run (the plan's SHA-256 and the co-trained names in its config). The whole

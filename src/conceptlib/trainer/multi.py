@@ -178,6 +178,8 @@ class _Prepared:
     templates: list[str]
     schedule: Any
     rank: int
+    per_image: list[list[str]] | None = None  # captions: the templates of each image
+    start: Any = None  # init_from: the entry's vectors (init_from.InitFrom)
 
 
 def plan_dir_name(plan: Plan) -> str:
@@ -287,7 +289,10 @@ def _train_plan(
 ) -> PlanResult:
     from conceptlib.config import load_settings
     from conceptlib.models.base import base_tokenizers, resolve_device
+    from conceptlib.trainer import captions as caption_mod
+    from conceptlib.trainer import init_from as start_mod
     from conceptlib.trainer.images import MIN_TRAINING_IMAGES, load_training_images
+    from conceptlib.trainer.outputs import check_tokenizers
     from conceptlib.trainer.plan import check_plan, in_concept, read_plan
     from conceptlib.trainer.templates import load_templates
     from conceptlib.trainer.train import _check_registrable, _check_trigger, _precision
@@ -304,15 +309,26 @@ def _train_plan(
     if group is not None:
         group.start(dev)
     owned = None
-    if register and library is None:
+    if (register or any(c.init_from for c in plan.concepts)) and library is None:
         from conceptlib.registry.library import Library
 
         library = owned = Library.open()
     try:
+        starts: dict[str, Any] = {}
+        for c in plan.concepts:  # init_from: the entry's vectors, before anything loads
+            if c.init_from is not None:
+                with in_concept(plan, c, "init_from"):
+                    start = start_mod.load_init_from(
+                        library, c.init_from, init=c.init,
+                        vectors=c.vectors if c.vectors_given else None, name=c.name,
+                    )  # fmt: skip
+                c.vectors = start.info.num_vectors
+                starts[c.name] = start
         if register:
             for c in plan.concepts:
                 with in_concept(plan, c, "name"):
-                    _check_registrable(library, c.name, c.tags)
+                    replaces = c.name in starts and starts[c.name].same_name
+                    _check_registrable(library, c.name, c.tags, new_version=replaces)
         settings = library.settings if library is not None else load_settings()
         run_dir = Path(s["run_dir"]) if s["run_dir"] else settings.runs_dir / plan_dir_name(plan)
         ckpt_path = run_dir / checkpoint_name(rank, world)
@@ -323,18 +339,32 @@ def _train_plan(
             if register:
                 with in_concept(plan, c, "name"):
                     _check_trigger(c.name, c.vectors, early, str(s["base"]))
-            with in_concept(plan, c, "init"):
-                _check_init_tokens(c.init, early)
+            if c.init:
+                with in_concept(plan, c, "init"):
+                    _check_init_tokens(c.init, early)
+            with in_concept(plan, c, "validation_prompts" if c.name not in starts else None):
+                check_tokenizers(c.outputs, starts.get(c.name), early, c.vectors, str(s["base"]))
         prepared = []
         for i, c in enumerate(plan.concepts):
             with in_concept(plan, c, "templates"):
                 templates = load_templates(c.templates, kind=c.kind)
+                templates = caption_mod.caption_templates(
+                    templates, c.captions, given=c.templates is not None
+                )
             with in_concept(plan, c, "images"):
                 imgs = load_training_images(
                     c.images,
                     min_images=MIN_TRAINING_IMAGES if s["min_images"] is None else s["min_images"],
                 )
-            prepared.append(_Prepared(c, imgs, templates, schedules[c.name], i % world))
+            with in_concept(plan, c, "captions"):
+                per_image, notes = caption_mod.prepare_captions(
+                    imgs, c.captions, c.caption_extension, templates, name=c.name,
+                    vectors=c.vectors, tokenizers=early,
+                )  # fmt: skip
+            for note in notes if log else ():
+                log(f"{c.name}: {note}")
+            prepared.append(_Prepared(c, imgs, templates, schedules[c.name], i % world,
+                                      per_image, starts.get(c.name)))  # fmt: skip
         mine = [p for p in prepared if p.rank == rank]
         if dry_run:
             return PlanResult(
@@ -351,6 +381,7 @@ def _train_plan(
             plan, mine, run_dir=run_dir, ckpt_path=ckpt_path, dev=dev, dtype=dtype,
             precision=precision, resume=resume, library=library if register else None,
             tiny_cache=tiny_cache, progress=progress, log=log, rank=rank, world=world,
+            early=bool(early),
         )  # fmt: skip
         concepts = []
         for p, r in zip(mine, results, strict=True):
@@ -403,10 +434,11 @@ def _dry(plan: Plan, p: _Prepared, dev: str, precision: str) -> dict[str, Any]:
 
 
 def _config(plan: Plan, p: _Prepared, bm: Any, res: int, precision: str, prediction: str,
-            ztsnr: bool, world: int, outputs: Any) -> dict[str, Any]:  # fmt: skip
-    """The concept's run config: ``train()``'s keys (captions, buckets and
-    ``--init-from`` off), plus where the plan put it."""
+            ztsnr: bool, world: int, outputs: Any, memory: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+    """The concept's run config: ``train()``'s keys (buckets off), plus where the plan
+    put it."""
     from conceptlib.trainer.checkpoint import RESUME_DEFAULTS
+    from conceptlib.trainer.init_from import init_config
     from conceptlib.trainer.train import _version
 
     c, s = p.spec, plan.settings
@@ -425,9 +457,9 @@ def _config(plan: Plan, p: _Prepared, bm: Any, res: int, precision: str, predict
         "lr_warmup_steps": c.lr_warmup_steps, "prediction_type": prediction,
         "zero_terminal_snr": ztsnr, "base_markers": dict(bm.markers),
         "clip_skip": s["clip_skip"], "training_images_hash": p.imgs.hash,
-        "training_image_count": p.imgs.count, "captions": "off",
-        "caption_extension": ".txt", "buckets": False, "init_from": None,
-        "init_from_sha256": None, **outputs.options.config(),
+        "training_image_count": p.imgs.count, "captions": c.captions,
+        "caption_extension": c.caption_extension, "buckets": False, **init_config(p.start),
+        **memory, **outputs.options.config(),
         "sample_steps": s["sample_steps"], "conceptlib_version": _version(),
         "resume_changes": [],
         "plan": {
@@ -457,13 +489,16 @@ def _train_share(
     log: Callable[[str], None] | None,
     rank: int,
     world: int,
+    early: bool = True,
 ) -> list[TrainResult]:
     """Load the base model once, build every concept of this rank, train, register."""
     from conceptlib.models.base import load_base
     from conceptlib.models.libraries import quiet_libraries
+    from conceptlib.trainer import init_from as start_mod
+    from conceptlib.trainer import memory
     from conceptlib.trainer.images import crop_geometry, to_pixels
     from conceptlib.trainer.loop import TextualInversion, check_clip_skip
-    from conceptlib.trainer.outputs import RunOutputs, check_outputs
+    from conceptlib.trainer.outputs import RunOutputs, check_tokenizers
     from conceptlib.trainer.plan import in_concept
     from conceptlib.trainer.run import Run, device_name
     from conceptlib.trainer.train import _check_trigger, _schedule_warnings
@@ -479,16 +514,22 @@ def _train_share(
             log=(lambda line, n=name: say(f"{n}: {line}")) if log else None,
             steps=steps, checkpoint_every=s["checkpoint_every"],
         )  # fmt: skip
-        run.set_dir(run_dir / name)
+        run.set_dir(run_dir / start_mod.run_folder_name(name, p.start))
         run.ckpt_path = ckpt_path  # the plan's one checkpoint: kept on NaN, named on Ctrl-C
-        run.outputs = RunOutputs(check_outputs(
-            name=name, prompts=(), negative=None, seed=1000, guidance=7.5, clip_model=None,
-            tensorboard=s["tensorboard"]), name)  # fmt: skip
+        run.outputs = RunOutputs(p.spec.outputs, name)
+        for w in run.outputs.options.warnings:
+            run.say(w)
+        if p.start is not None:
+            run.parents = [p.start.parent(p.start.info.name)]
+            run.replaces = p.start.info if p.start.same_name else None
         runs.append(run)
     engine: MultiConcept | None = None
     try:
         for run in runs:
             run.report(0, None, phase="setup")
+        for p, run in zip(mine, runs, strict=True):
+            with in_concept(plan, p.spec, "clip_model"):
+                run.outputs.load_scorer(dev, p.imgs.images)
         with in_concept(plan, None, "base"):
             bm = load_base(s["base"], device=dev, dtype=dtype, cache_dir=tiny_cache,
                            config=s["base_config"])  # fmt: skip
@@ -497,9 +538,24 @@ def _train_share(
                 with in_concept(plan, p.spec, "name"):
                     _check_trigger(p.spec.name, p.spec.vectors,
                                    [(x.slot, x.tokenizer) for x in bm.slots], bm.ref)  # fmt: skip
+        for p in mine:
+            with in_concept(plan, p.spec, "init_from"):
+                start_mod.check_loaded(p.start, bm)  # family and widths
+            if not early:  # a single file without base_config: its tokenizers only now
+                with in_concept(plan, p.spec, "validation_prompts"):
+                    check_tokenizers(p.spec.outputs, None,
+                                     [(x.slot, x.tokenizer) for x in bm.slots],
+                                     p.spec.vectors, bm.ref)  # fmt: skip
         res = int(s["resolution"] or bm.native_resolution)
         with in_concept(plan, None, "clip_skip"):
             check_clip_skip(bm, s["clip_skip"])
+        ckpt, _why, mem, mem_lines = memory.choose_checkpointing(
+            s["gradient_checkpointing"], bm, resolution=res,
+            batch=sum(p.spec.batch for p in mine), accumulate=1, precision=precision,
+        )  # fmt: skip
+        for line in mem_lines:
+            say(line)
+        memory_keys = {"gradient_checkpointing": ckpt, "memory_estimate": mem.to_dict()}
         prediction, ztsnr, notes = _schedule_warnings(bm, s["prediction_type"],
                                                       s["zero_terminal_snr"])  # fmt: skip
         for note in notes:
@@ -509,22 +565,27 @@ def _train_share(
         say(f"plan {plan.path.name}: base {bm.model_id} ({bm.family.value}) at {res}px, "
             f"{bm.device} {precision}; training {shown}{where}")  # fmt: skip
         configs = [
-            _config(plan, p, bm, res, precision, prediction, ztsnr, world, run.outputs)
+            _config(plan, p, bm, res, precision, prediction, ztsnr, world, run.outputs, memory_keys)
             for p, run in zip(mine, runs, strict=True)
         ]
         engines: list[TextualInversion] = []
         with quiet_libraries():
             try:
-                for p, run in zip(mine, runs, strict=True):
+                for i, (p, run) in enumerate(zip(mine, runs, strict=True)):
                     c = p.spec
+                    lead = i == len(mine) - 1  # the one UNet: checkpointed (and restored) once
                     with in_concept(plan, c):
                         engines.append(TextualInversion(
                             bm, to_pixels(p.imgs.images, res), p.templates, name=c.name,
-                            init=c.init, vectors=c.vectors, lr=p.schedule.rate(1), batch=c.batch,
-                            seed=c.seed, weight_decay=c.weight_decay, flip=c.flip,
-                            total_steps=steps, geometry=crop_geometry(p.imgs.images, res),
+                            init=c.init or "", vectors=c.vectors, lr=p.schedule.rate(1),
+                            batch=c.batch, seed=c.seed, weight_decay=c.weight_decay,
+                            flip=c.flip, total_steps=steps,
+                            geometry=crop_geometry(p.imgs.images, res),
                             prediction_type=prediction, zero_terminal_snr=ztsnr,
                             clip_skip=s["clip_skip"], lr_schedule=p.schedule,
+                            image_templates=p.per_image,
+                            init_vectors=p.start.vectors if p.start else None,
+                            gradient_checkpointing=ckpt and lead,
                         ))  # fmt: skip
                     run.engine = engines[-1]
                 engine = MultiConcept(engines, compile=s["compile"])

@@ -64,6 +64,7 @@ SHARED_KEYS = {
     "min_images": int,
     "run_dir": str,
     "tensorboard": bool,
+    "gradient_checkpointing": bool,
 }
 #: Keys a concept may set; a top-level value is the default of every concept
 #: (``tags`` at the top level are added to each concept's own).
@@ -79,9 +80,30 @@ CONCEPT_DEFAULT_KEYS = {
     "flip": bool,
     "templates": str,
     "tags": list,
+    "captions": str,
+    "caption_extension": str,
+    "validation_prompts": list,
+    "validation_negative": str,
+    "validation_seed": int,
+    "validation_guidance": float,
+    "clip_model": str,
 }
 #: Keys only a ``[[concept]]`` table takes.
-CONCEPT_ONLY_KEYS = {"name": str, "images": (str, list), "init": str, "description": str}
+CONCEPT_ONLY_KEYS = {"name": str, "images": (str, list), "init": str, "description": str,
+                     "init_from": str}  # fmt: skip
+#: ``train()`` options a plan refuses (at the top or in a concept), and why.
+UNSUPPORTED_KEYS = {
+    **dict.fromkeys(
+        ("buckets", "bucket_reso_steps", "min_bucket_reso", "max_bucket_reso",
+         "bucket_no_upscale"),
+        "aspect-ratio buckets give batches of different shapes, and a plan step "
+        "concatenates every concept's batch into one",
+    ),
+    "accumulate": "a plan step draws one batch per concept; micro-batches are not "
+    "supported in a plan yet (raise batch instead)",
+    "cuda_graphs": "a plan step runs eagerly; the CUDA-graph step captures one concept's "
+    "step, not several",
+}  # fmt: skip
 
 DEFAULTS: dict[str, Any] = {
     "base": "tiny-sd1",
@@ -101,6 +123,7 @@ DEFAULTS: dict[str, Any] = {
     "min_images": None,
     "run_dir": None,
     "tensorboard": True,
+    "gradient_checkpointing": None,
     "kind": "object",
     "vectors": 1,
     "lr": 5e-3,
@@ -112,6 +135,13 @@ DEFAULTS: dict[str, Any] = {
     "flip": True,
     "templates": None,
     "tags": [],
+    "captions": "off",
+    "caption_extension": ".txt",
+    "validation_prompts": [],
+    "validation_negative": None,
+    "validation_seed": 1000,
+    "validation_guidance": 7.5,
+    "clip_model": None,
 }
 
 
@@ -122,7 +152,7 @@ class ConceptSpec:
     index: int  # 1-based position in the plan
     name: str
     images: list[Path]
-    init: str
+    init: str | None  # None with init_from
     kind: str
     vectors: int
     lr: float | str
@@ -135,6 +165,19 @@ class ConceptSpec:
     templates: str | None
     tags: list[str]
     description: str | None
+    captions: str = "off"
+    caption_extension: str = ".txt"
+    validation_prompts: list[str] = field(default_factory=list)
+    validation_negative: str | None = None
+    validation_seed: int = 1000
+    validation_guidance: float = 7.5
+    clip_model: str | None = None
+    init_from: str | None = None
+    #: ``vectors`` set in the plan (with ``init_from``: else the entry's count)
+    vectors_given: bool = True
+    #: The checked output options (:func:`~conceptlib.trainer.outputs.check_outputs`),
+    #: set by :func:`check_plan`.
+    outputs: Any = None
 
     @property
     def label(self) -> str:
@@ -190,6 +233,16 @@ def _check_type(where: str, key: str, value: Any, expected: Any) -> Any:
     return value
 
 
+def _unsupported(where: str, keys: set[str]) -> None:
+    for key in sorted(keys & set(UNSUPPORTED_KEYS)):
+        raise UsageError(
+            f"{where}: {key} is a train option a plan does not support yet: "
+            f"{UNSUPPORTED_KEYS[key]}",
+            hint=f"remove {key} from the plan, or train this concept alone with conceptlib train",
+            plan_key=key,
+        )
+
+
 def _unknown(where: str, keys: set[str], allowed: set[str], note: str = "") -> None:
     unknown = sorted(keys - allowed)
     if unknown:
@@ -234,6 +287,7 @@ def read_plan(path: str | os.PathLike[str]) -> Plan:
         raise UsageError(f"plan {str(path)!r} is not valid TOML ({exc})") from exc
     where = f"plan {str(path)!r}"
     allowed = set(SHARED_KEYS) | set(CONCEPT_DEFAULT_KEYS) | {"concept"}
+    _unsupported(where, set(doc))
     _unknown(where, set(doc), allowed)
     top: dict[str, Any] = {}
     for key, value in doc.items():
@@ -266,6 +320,7 @@ def read_plan(path: str | os.PathLike[str]) -> Plan:
         if isinstance(table.get("name"), str):
             label += f" ({table['name']!r})"
         concept_keys = set(CONCEPT_DEFAULT_KEYS) | set(CONCEPT_ONLY_KEYS)
+        _unsupported(label, set(table))
         _unknown(label, set(table), concept_keys,
                  note=" (base, steps, resolution... are shared: set them at the top)"
                  if set(table) & set(SHARED_KEYS) else "")  # fmt: skip
@@ -274,9 +329,9 @@ def read_plan(path: str | os.PathLike[str]) -> Plan:
             expected = CONCEPT_ONLY_KEYS.get(key) or CONCEPT_DEFAULT_KEYS[key]
             values[key] = _check_type(label, key, value, expected)
         for key in ("name", "images", "init"):
-            if key not in values:
-                raise UsageError(f"{label}: no {key}; a concept needs name, images and init",
-                                 plan_key=key)  # fmt: skip
+            if key not in values and not (key == "init" and "init_from" in values):
+                raise UsageError(f"{label}: no {key}; a concept needs name, images and init "
+                                 "(or init_from)", plan_key=key)  # fmt: skip
         images = values["images"]
         images = [images] if isinstance(images, str) else images
         if not images:
@@ -287,13 +342,19 @@ def read_plan(path: str | os.PathLike[str]) -> Plan:
         templates = merged["templates"]
         if templates is not None and templates not in ("object", "style"):
             merged["templates"] = str(_relative(folder, templates))
+        clip = merged["clip_model"]
+        if clip is not None and not Path(clip).is_absolute():  # a folder next to the plan
+            local = _relative(folder, clip)
+            merged["clip_model"] = str(local) if local.exists() else clip
         concepts.append(
             ConceptSpec(
                 index=i,
                 name=values["name"],
-                init=values["init"],
+                init=values.get("init"),
+                init_from=values.get("init_from"),
                 images=[_relative(folder, p) for p in images],
                 description=values.get("description"),
+                vectors_given="vectors" in values or "vectors" in top,
                 **merged,
             )  # fmt: skip
         )
@@ -339,12 +400,16 @@ def in_concept(plan: Plan, concept: ConceptSpec | None, key: str | None = None) 
 def check_plan(plan: Plan) -> dict[str, Any]:
     """Check every value of ``plan`` the way ``train()`` checks its options (no files,
     models or catalog yet): names, initializers, numbers, learning-rate schedules,
-    placeholder tokens that two concepts would share.
+    placeholder tokens that two concepts would share; captions, validation prompts,
+    ``clip_model`` and ``init_from`` with ``train()``'s own checks.
 
     Returns:
         ``{name: LRSchedule}`` for the concepts, with their names normalised in place.
     """
+    from conceptlib.trainer.captions import check_caption_options
+    from conceptlib.trainer.init_from import check_start
     from conceptlib.trainer.loop import placeholder_tokens
+    from conceptlib.trainer.outputs import check_outputs
     from conceptlib.trainer.steps import check_save_every
     from conceptlib.trainer.train import _check_options, _check_run_options
 
@@ -369,6 +434,8 @@ def check_plan(plan: Plan) -> dict[str, Any]:
     schedules = {}
     owner: dict[str, str] = {}
     for c in plan.concepts:
+        with in_concept(plan, c, "init"):
+            check_start(c.init, c.init_from)
         with in_concept(plan, c):
             c.name = _check_options(c.name, c.init, c.vectors, s["steps"], c.lr, c.batch, c.kind)
             lr, schedule = _check_run_options(
@@ -378,6 +445,14 @@ def check_plan(plan: Plan) -> dict[str, Any]:
             )  # fmt: skip
             c.lr = lr
             schedules[c.name] = schedule
+        with in_concept(plan, c, "captions"):
+            check_caption_options(c.captions, c.caption_extension)
+        with in_concept(plan, c):  # the message names the option (validation_*, clip_model)
+            c.outputs = check_outputs(
+                name=c.name, prompts=c.validation_prompts, negative=c.validation_negative,
+                seed=c.validation_seed, guidance=c.validation_guidance,
+                clip_model=c.clip_model, tensorboard=s["tensorboard"],
+            )  # fmt: skip
         for token in placeholder_tokens(c.name, c.vectors):
             if token in owner:
                 with in_concept(plan, c, "name"):
@@ -388,7 +463,7 @@ def check_plan(plan: Plan) -> dict[str, Any]:
                     )
             owner[token] = c.name
     for c in plan.concepts:  # an initializer holding another concept's placeholder
-        folded = c.init.casefold()
+        folded = (c.init or "").casefold()
         for token, other in owner.items():
             if other != c.name and token in folded:
                 with in_concept(plan, c, "init"):
