@@ -142,3 +142,31 @@ def pytest_configure(config):
         torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     np.set_printoptions(precision=4)
+
+
+@pytest.fixture
+def read_back_guard(monkeypatch):
+    """Every tensor -> host read-back (a sync on CUDA) and ``torch.cuda.synchronize``
+    raise while ``armed["on"]``: a training step must never wait for the device."""
+    import torch
+
+    armed = {"on": False}
+    names = ["item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__", "__index__"]
+    for name in names:
+        original = getattr(torch.Tensor, name)
+
+        def guarded(self, *args, _name=name, _original=original, **kwargs):
+            if armed["on"]:
+                raise AssertionError(f"Tensor.{_name} called inside a training step")
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, guarded)
+    real_sync = torch.cuda.synchronize
+
+    def no_sync(*a, **k):
+        if armed["on"]:
+            raise AssertionError("torch.cuda.synchronize inside a training step")
+        return real_sync(*a, **k)
+
+    monkeypatch.setattr(torch.cuda, "synchronize", no_sync)
+    return armed

@@ -195,23 +195,6 @@ def test_load_base_refuses_what_it_cannot_use(tmp_path):
         load_base(ckpt)
 
 
-@pytest.fixture
-def read_back_guard(monkeypatch):
-    """Make every tensor -> Python read-back (a host sync on CUDA) raise while armed."""
-    armed = {"on": False}
-    names = ["item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__", "__index__"]
-    for name in names:
-        original = getattr(torch.Tensor, name)
-
-        def guarded(self, *args, _name=name, _original=original, **kwargs):
-            if armed["on"]:
-                raise AssertionError(f"Tensor.{_name} called inside a training step")
-            return _original(self, *args, **kwargs)
-
-        monkeypatch.setattr(torch.Tensor, name, guarded)
-    return armed
-
-
 @pytest.mark.parametrize(
     ("name", "dtype"),
     [("tiny-sd1", torch.float32), ("tiny-sdxl", torch.float32), ("tiny-sd1", torch.float16)],

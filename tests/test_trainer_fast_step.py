@@ -24,31 +24,6 @@ CUDA = torch.cuda.is_available()
 gpu = [pytest.mark.gpu, pytest.mark.skipif(not CUDA, reason="needs a CUDA device")]
 
 
-@pytest.fixture
-def read_back_guard(monkeypatch):
-    """Every tensor -> host read-back (a sync on CUDA) raises while armed."""
-    armed = {"on": False}
-    names = ["item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__", "__index__"]
-    for name in names:
-        original = getattr(torch.Tensor, name)
-
-        def guarded(self, *args, _name=name, _original=original, **kwargs):
-            if armed["on"]:
-                raise AssertionError(f"Tensor.{_name} called inside a training step")
-            return _original(self, *args, **kwargs)
-
-        monkeypatch.setattr(torch.Tensor, name, guarded)
-    real_sync = torch.cuda.synchronize
-
-    def no_sync(*a, **k):
-        if armed["on"]:
-            raise AssertionError("torch.cuda.synchronize inside a training step")
-        return real_sync(*a, **k)
-
-    monkeypatch.setattr(torch.cuda, "synchronize", no_sync)
-    return armed
-
-
 # ----------------------------------------------------------------- selection, before loading
 
 
