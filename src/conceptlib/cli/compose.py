@@ -78,6 +78,14 @@ UI_FORMATS = ["a1111", "comfyui", "invokeai", "diffusers"]
     "(<name>, word++, (words)1.3); auto guesses each prompt's and --dry-run says which. "
     'Example: --syntax a1111 --negative "ng_deepnegative_v1_75t, EasyNegative".',
 )
+@click.option(
+    "--clip-skip",
+    type=click.IntRange(1, 12),
+    default=None,
+    help="Text-encoder layer to read, A1111's Clip skip (1: the model's default). Default: "
+    "the CLIP skip the embeddings were trained at (train --clip-skip), else 1; written to "
+    "the infotext. Example: --clip-skip 2.",
+)
 @click.option("--overwrite", is_flag=True, help="Replace existing output files.")
 @json_option
 def compose_cmd(
@@ -97,6 +105,7 @@ def compose_cmd(
     dry_run: bool,
     fmt: str | None,
     syntax: str,
+    clip_skip: int | None,
     overwrite: bool,
     as_json: bool,
 ) -> None:
@@ -143,6 +152,8 @@ def compose_cmd(
                 steps = meta.steps
             if not given("guidance") and meta.guidance is not None:
                 guidance = meta.guidance
+            if not given("clip_skip") and meta.clip_skip is not None:
+                clip_skip = meta.clip_skip
         if prompt is None:
             raise UsageError("give a PROMPT, or --from IMAGE.png to rerun an image's")
         if fmt is not None:
@@ -183,6 +194,7 @@ def compose_cmd(
                 overwrite=overwrite,
                 hash_progress=hashing,
                 syntax=syntax,
+                clip_skip=clip_skip,
             )
         finally:
             hashing.close()

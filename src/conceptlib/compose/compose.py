@@ -141,11 +141,14 @@ class ComposeResult:
     model_hash: str | None = None
     #: The syntax each prompt was read in (``{"prompt": "a1111", ...}``).
     syntax: dict[str, str] = field(default_factory=dict)
+    #: The text-encoder layer read (A1111's "Clip skip"; 1: the pipeline's default).
+    clip_skip: int = 1
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "dry_run": self.dry_run,
             "syntax": self.syntax,
+            "clip_skip": self.clip_skip,
             "prompt": self.prompt,
             "negative": self.negative,
             "a1111_prompt": self.a1111_prompt,
@@ -336,6 +339,7 @@ def compose(
     overwrite: bool = False,
     hash_progress: Callable[[int, int], None] | None = None,
     syntax: str = "auto",
+    clip_skip: int | None = None,
 ) -> ComposeResult:
     """Generate ``n`` images of ``prompt`` with the embeddings it names.
 
@@ -373,6 +377,10 @@ def compose(
         syntax: ``auto`` (each prompt's syntax guessed by
             :func:`conceptlib.compose.ui.detect_syntax`; ``result.syntax`` says which),
             ``conceptlib``, ``a1111``, ``comfyui`` or ``invokeai``.
+        clip_skip: the text-encoder layer read, A1111's convention (1: the pipeline's
+            default; :mod:`conceptlib.models.clip_skip`). ``None``: the CLIP skip the
+            named embeddings were trained at (``extra["clip_skip"]``), else 1; written to
+            the infotext as ``Clip skip`` when not 1 (:mod:`conceptlib.compose.clip_skip`).
 
     Raises:
         PromptSyntaxError, InvalidWeight: a malformed prompt (with its column).
@@ -382,8 +390,11 @@ def compose(
         TokenBudgetExceeded: a prompt over ``MAX_CHUNKS`` chunks of 75 positions.
         DeviceUnavailable: a device this machine cannot use (a ``UsageError``, exit 2).
         BaseModelError: a base model that cannot be loaded.
-        UsageError: bad numbers, or output files that exist without ``overwrite``.
+        UsageError: bad numbers, a CLIP skip the model has no layer for, or output
+            files that exist without ``overwrite``.
     """
+    from conceptlib.compose.clip_skip import effective_clip_skip
+
     _validate_numbers(steps, guidance, n, width, height)
     parsed, parsed_neg = read_prompts(library, prompt, negative, syntax)
     resolved = resolve_prompt(library, parsed)
@@ -415,6 +426,8 @@ def compose(
         guidance=guidance,
         syntax={p.which: p.parsed.syntax for p in prompts},
     )
+    result.clip_skip, _source, skip_notes = effective_clip_skip(prompts, clip_skip)
+    warnings_out.extend(skip_notes)
     _set_expanded(result, resolved, resolved_neg, placeholders)
     _set_a1111(result, resolved, resolved_neg)
     if dry_run:
@@ -647,10 +660,13 @@ def _generate(
 
     import torch
 
+    from conceptlib.compose.clip_skip import check_against_model
     from conceptlib.compose.loader import LoadItem, load_embeddings, pipeline_encoders
 
     pipe = bm.pipeline
     specs = pipeline_encoders(pipe)
+    check_against_model(result.clip_skip, [s.encoder for s in specs], sdxl=len(specs) > 1,
+                        model=bm.model_id)  # fmt: skip
     tokenizer = specs[0].tokenizer
     prompts = [r for r in (resolved, resolved_neg) if r is not None]
     result.budgets = [check_chunks(count_budget(r, tokenizer)) for r in prompts]
@@ -690,7 +706,9 @@ def _generate(
     with quiet_libraries(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with load_embeddings(pipe, items, strict=strict) as loaded:
-            conditioning = _conditioning(pipe, specs, loaded, resolved, resolved_neg, placeholders)
+            conditioning = _conditioning(
+                pipe, specs, loaded, resolved, resolved_neg, placeholders, result.clip_skip
+            )
             images = []
             for start in range(0, n, BATCH):
                 batch = seeds[start : start + BATCH]
@@ -725,9 +743,10 @@ def _conditioning(
     resolved: ResolvedPrompt,
     resolved_neg: ResolvedPrompt | None,
     placeholders: dict[tuple[str, float], list[str]],
+    clip_skip: int = 1,
 ) -> dict[str, Any]:
     """The pipeline's ``prompt_embeds`` (and negative, pooled): each prompt cut into
-    chunks with the model's tokenizer and encoded chunk by chunk."""
+    chunks with the model's tokenizer and encoded chunk by chunk, at ``clip_skip``."""
     from conceptlib.compose.chunks import plan_chunks
     from conceptlib.compose.encode import WEIGHTING, pipeline_kwargs
 
@@ -749,6 +768,7 @@ def _conditioning(
         weighting=WEIGHTING[resolved.parsed.syntax],
         negative_weighting=WEIGHTING[resolved_neg.parsed.syntax] if resolved_neg else "a1111",
         zero_negative=zero and len(specs) > 1,
+        clip_skip=clip_skip,
     )
 
 
@@ -776,6 +796,7 @@ def _infotext_for(result: ComposeResult, bm: BaseModel, seed: int, size: tuple[i
         ("Model hash", result.model_hash),
         ("Model", model),
         ("TI hashes", ti or None),
+        ("Clip skip", result.clip_skip if result.clip_skip != 1 else None),
         (FINGERPRINT_FIELD, bm.fingerprint),
         ("Version", f"conceptlib {_version()}"),
     ]

@@ -5,7 +5,8 @@ Each chunk of a :class:`~conceptlib.compose.chunks.ChunkPlan` becomes 77 token i
 pads with) and is encoded on its own by every text encoder; the chunks are concatenated
 along the sequence (``[1, 77 * chunks, width]``), and the encoders along the features
 (SDXL: 768 + 1280). The hidden states are those diffusers uses: the last layer for one
-encoder (SD 1.x, SD 2.x), the penultimate of both for SDXL, whose pooled vector comes
+encoder (SD 1.x, SD 2.x), the penultimate of both for SDXL (earlier layers with a CLIP
+skip above 1: :mod:`conceptlib.models.clip_skip`), whose pooled vector comes
 from the second encoder's first chunk (as A1111 and ComfyUI take it). The prompt and the
 negative prompt are padded to the same number of chunks with the encoding of an empty
 chunk (A1111 pads the shorter conditioning the same way).
@@ -56,11 +57,15 @@ def chunk_ids(tokenizer: Any, positions: Sequence[Position], window: int) -> lis
     return [bos, *ids, eos] + [pad] * (window - len(positions))
 
 
-def _hidden(spec: Any, ids: list[int], two_encoders: bool) -> tuple[torch.Tensor, Any]:
+def _hidden(
+    spec: Any, ids: list[int], two_encoders: bool, clip_skip: int = 1
+) -> tuple[torch.Tensor, Any]:
+    from conceptlib.models.clip_skip import select_hidden
+
     enc = spec.encoder
     tensor = torch.tensor([ids], dtype=torch.long, device=enc.device)
     out = enc(tensor, output_hidden_states=True)
-    z = out.hidden_states[-2] if two_encoders else out.last_hidden_state
+    z = select_hidden(enc, out, clip_skip, sdxl=two_encoders)
     pooled = getattr(out, "text_embeds", None)
     return z, pooled
 
@@ -75,12 +80,13 @@ def _weigh(z: torch.Tensor, weights: torch.Tensor, mode: str, empty: torch.Tenso
 
 
 def encode_plan(
-    specs: Sequence[Any], plan: ChunkPlan | None, *, weighting: str = "a1111"
+    specs: Sequence[Any], plan: ChunkPlan | None, *, weighting: str = "a1111", clip_skip: int = 1
 ) -> Conditioning:
     """Encode ``plan`` (``None``: the empty prompt, one chunk) with every encoder.
 
     ``specs`` are the pipeline's :class:`~conceptlib.compose.loader.EncoderSpec` with
-    any embeddings already loaded; ``weighting`` is ``a1111``, ``comfyui`` or ``compel``.
+    any embeddings already loaded; ``weighting`` is ``a1111``, ``comfyui`` or ``compel``;
+    ``clip_skip`` the layer read, A1111's convention (:mod:`conceptlib.models.clip_skip`).
     """
     window = plan.window if plan is not None else 75
     chunks = plan.chunks if plan is not None else [[]]
@@ -88,10 +94,10 @@ def encode_plan(
     per_encoder: list[torch.Tensor] = []
     pooled = None
     for spec in specs:
-        empty_z, _ = _hidden(spec, chunk_ids(spec.tokenizer, [], window), two)
+        empty_z, _ = _hidden(spec, chunk_ids(spec.tokenizer, [], window), two, clip_skip)
         encoded = []
         for k, positions in enumerate(chunks):
-            z, p = _hidden(spec, chunk_ids(spec.tokenizer, positions, window), two)
+            z, p = _hidden(spec, chunk_ids(spec.tokenizer, positions, window), two, clip_skip)
             weights = [1.0] + [pos.attention for pos in positions]
             weights += [1.0] * (window + 2 - len(weights))
             if any(w != 1.0 for w in weights):
@@ -120,22 +126,28 @@ def pipeline_kwargs(
     weighting: str = "a1111",
     negative_weighting: str = "a1111",
     zero_negative: bool = False,
+    clip_skip: int = 1,
 ) -> dict[str, torch.Tensor]:
     """The ``prompt_embeds`` (and negative, pooled) arguments of a diffusers pipeline call.
 
     ``zero_negative``: no negative prompt and the pipeline zeroes the unconditional
     input itself (SDXL's ``force_zeros_for_empty_prompt``): no negative is passed.
+    ``clip_skip``: the layer every prompt is read from (:mod:`conceptlib.models.clip_skip`).
     """
     with torch.inference_mode():
-        pos = encode_plan(specs, plan, weighting=weighting)
+        pos = encode_plan(specs, plan, weighting=weighting, clip_skip=clip_skip)
         out: dict[str, torch.Tensor] = {}
         if negative is None and zero_negative:
             out["prompt_embeds"] = pos.embeds
             if pos.pooled is not None:
                 out["pooled_prompt_embeds"] = pos.pooled
             return out
-        empty = encode_plan(specs, None)
-        neg = encode_plan(specs, negative, weighting=negative_weighting) if negative else empty
+        empty = encode_plan(specs, None, clip_skip=clip_skip)
+        neg = (
+            encode_plan(specs, negative, weighting=negative_weighting, clip_skip=clip_skip)
+            if negative
+            else empty
+        )
         n = max(pos.chunks, neg.chunks)
         pos, neg = pad_to(pos, n, empty), pad_to(neg, n, empty)
         out["prompt_embeds"] = pos.embeds

@@ -96,6 +96,7 @@ class ImageMetadata:
         generators: the metadata found (``a1111``, ``comfyui``, ``invokeai``, ``conceptlib``).
         prompt, negative: the prompts as written; ``syntax`` says in which syntax.
         seed, steps, guidance: the generation settings, where the image gives them.
+        clip_skip: A1111's ``Clip skip`` (absent from the infotext when 1).
         embeddings: each embedding named, resolved or not.
     """
 
@@ -107,6 +108,7 @@ class ImageMetadata:
     seed: int | None = None
     steps: int | None = None
     guidance: float | None = None
+    clip_skip: int | None = None
     embeddings: list[NamedEmbedding] = field(default_factory=list)
 
     @property
@@ -230,6 +232,7 @@ def _a1111(meta: ImageMetadata, text: str) -> None:
     params = info["params"]
     meta.seed, meta.steps = _int(params.get("Seed")), _int(params.get("Steps"))
     meta.guidance = _float(params.get("CFG scale"))
+    meta.clip_skip = _int(params.get("Clip skip"))
     for item in str(params.get("TI hashes", "")).split(","):
         name, sep, value = item.rpartition(":")
         if sep and name.strip():

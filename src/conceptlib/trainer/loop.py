@@ -438,16 +438,14 @@ class TextualInversion:
         """
         import torch
 
+        from conceptlib.models.clip_skip import select_hidden
+
         slots = self.base.slots
         n = self.clip_skip
         if self.family != Family.SDXL:
             enc = slots[0].encoder
-            if n == 1:
-                return enc(ids[0]).last_hidden_state, None
-            hidden = enc(ids[0], output_hidden_states=True).hidden_states[-n]
-            # transformers < 5 nests the layers under text_model; 5 flattens them
-            norm = getattr(enc, "text_model", enc).final_layer_norm
-            return norm(hidden), None
+            out = enc(ids[0], output_hidden_states=n > 1)
+            return select_hidden(enc, out, n, sdxl=False), None
         out_l = slots[0].encoder(ids[0], output_hidden_states=True)
         out_g = slots[1].encoder(ids[1], output_hidden_states=True)
         idx = pooled_index(ids[1], self.eos_ids[1])
@@ -455,8 +453,9 @@ class TextualInversion:
         pooled = slots[1].encoder.text_projection(
             last[torch.arange(last.shape[0], device=last.device), idx]
         )
-        layer = -(n + 1)
-        return torch.cat([out_l.hidden_states[layer], out_g.hidden_states[layer]], dim=-1), pooled
+        pairs = zip(slots, (out_l, out_g), strict=True)
+        hidden = [select_hidden(s.encoder, o, n, sdxl=True) for s, o in pairs]
+        return torch.cat(hidden, dim=-1), pooled
 
     def encode_texts(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
         return self.encode_prompts([self._tokenize(s, list(texts)) for s in self.base.slots])
@@ -803,8 +802,6 @@ def compute_loss(pred: torch.Tensor, target: torch.Tensor, *, step: int) -> torc
 
 #: Prediction types ``--prediction-type`` takes (what the UNet was trained to output).
 PREDICTION_TYPES = ("epsilon", "v_prediction")
-#: Largest ``--clip-skip`` (A1111's range; the model's own layer count is checked too).
-MAX_CLIP_SKIP = 12
 
 
 def clip_layers(base: BaseModel) -> int:
@@ -813,8 +810,9 @@ def clip_layers(base: BaseModel) -> int:
     SD 1.x/2.x: the encoder's layer count (N counts from its last layer). SDXL: one
     less than the smaller encoder's (N counts from the penultimate layer it already uses).
     """
-    layers = min(int(s.encoder.config.num_hidden_layers) for s in base.slots)
-    return layers - 1 if base.family == Family.SDXL else layers
+    from conceptlib.models.clip_skip import most_clip_skip
+
+    return most_clip_skip([s.encoder for s in base.slots], sdxl=base.family == Family.SDXL)
 
 
 def check_clip_skip(base: BaseModel, clip_skip: int) -> None:

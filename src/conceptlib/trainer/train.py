@@ -94,7 +94,8 @@ def _check_run_options(
         ``lr`` as recorded (a float, or the A1111 schedule text) and its
         :class:`~conceptlib.trainer.schedule.LRSchedule`.
     """
-    from conceptlib.trainer.loop import MAX_CLIP_SKIP, PREDICTION_TYPES
+    from conceptlib.models.clip_skip import MAX_CLIP_SKIP
+    from conceptlib.trainer.loop import PREDICTION_TYPES
     from conceptlib.trainer.schedule import build_schedule
 
     schedule = build_schedule(lr, kind=lr_schedule, warmup_steps=lr_warmup_steps, steps=steps)
