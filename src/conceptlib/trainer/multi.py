@@ -635,6 +635,8 @@ def _train_share(
                     run.outputs.close()  # the event files flushed: the end, errors, Ctrl-C
                 engine.close()
     except KeyboardInterrupt as exc:
+        for run in runs:
+            run.ended("interrupted")  # the progress files (a finished concept's stays done)
         last = max((r.last_good for r in runs if r.last_good is not None), default=None)
         kept = ckpt_path if ckpt_path.is_file() else None
         raise TrainingInterrupted(

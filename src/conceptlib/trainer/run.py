@@ -65,17 +65,21 @@ class Run:
         self.replaces: Any = None  # --init-from under the entry's own name: that entry
         self.dir = Path(".")
         self.ckpt_path = Path(".")
+        self.progress_file: Any = None  # the run folder's progress.json, once it is known
 
     def set_dir(self, run_dir: Path) -> None:
         from conceptlib.trainer.checkpoint import CHECKPOINT_NAME
+        from conceptlib.trainer.progress_file import ProgressFile
 
         self.dir = run_dir
         self.ckpt_path = run_dir / CHECKPOINT_NAME
         self.dir_known = True
+        self.progress_file = ProgressFile(run_dir, run_dir.name, self.steps)
 
     def interrupted(self) -> TrainingInterrupted:
         """What Ctrl-C leaves behind: the steps done and the checkpoint kept (if any)."""
         ckpt = self.ckpt_path if self.dir_known and self.ckpt_path.is_file() else None
+        self.ended("interrupted")
         return TrainingInterrupted(
             step=self.engine.step_count if self.engine is not None else None,
             total=self.steps,
@@ -93,9 +97,19 @@ class Run:
     def report(
         self, step: int, loss: float | None, *, phase: str = "train", rate: float | None = None
     ) -> None:
+        eta = (self.steps - step) / rate if rate else None
+        if self.progress_file is not None:  # before the callback: it sees this step's file
+            last = f"samples/{self.sample_paths[-1].name}" if self.sample_paths else None
+            self.progress_file.update(step, loss, phase=phase, steps_per_s=rate, eta_s=eta,
+                                      last_sample=last)  # fmt: skip
         if self.progress is not None:
-            eta = (self.steps - step) / rate if rate else None
             self.progress(TrainProgress(step, self.steps, loss, rate, eta, phase))
+
+    def ended(self, phase: str) -> None:
+        """The run folder's progress file says the run ended (failed, interrupted)."""
+        if self.progress_file is not None:
+            step = self.engine.step_count if self.engine is not None else None
+            self.progress_file.end(phase, step)
 
     def wall(self) -> float:
         return self.previous_wall + (time.perf_counter() - self.started)
@@ -279,6 +293,7 @@ class Run:
         return hint
 
     def _nan(self, step: int, value: float, config: dict[str, Any]) -> NoReturn:
+        self.ended("failed")
         raise NaNLoss(
             f"the loss became {value} at step {step}; training stopped and {self._kept()}",
             hint=self._remedy(config),
@@ -287,6 +302,7 @@ class Run:
         )
 
     def _diverged(self, step: int, problem: str, config: dict[str, Any]) -> NoReturn:
+        self.ended("failed")
         raise NaNLoss(
             f"the vectors diverged by step {step} ({problem}); training stopped and {self._kept()}",
             hint=self._remedy(config),

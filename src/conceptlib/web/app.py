@@ -217,12 +217,13 @@ def create_app(library: Library, *, host: str = "127.0.0.1", port: int = 7861) -
         )
 
     def runs_page(request: Request) -> Response:
-        running = runs_mod.runs_in_progress(library.settings.runs_dir)
+        listed = runs_mod.list_runs(library.settings.runs_dir)
         return page(
             request,
             "runs.html",
             title="training runs: conceptlib",
-            runs=running,
+            runs=[r for r in listed if r.running],
+            ended=[r for r in listed if not r.running],
             runs_dir=str(library.settings.runs_dir),
             spark=runs_mod.sparkline_points,
         )
@@ -230,7 +231,10 @@ def create_app(library: Library, *, host: str = "127.0.0.1", port: int = 7861) -
     def run_sample(request: Request) -> Response:
         run = runs_mod.find_run(library.settings.runs_dir, request.path_params["name"])
         if run is None or run.last_sample is None:
-            raise NotFound("no such run in progress, or it has no sample yet")
+            raise NotFound("no such run, or it has no sample yet")
+        runs_dir = library.settings.runs_dir.resolve()
+        if not run.last_sample.resolve().is_relative_to(runs_dir):
+            raise NotFound("no such run, or it has no sample yet")  # served from runs/ only
         return _image_file(run.last_sample)
 
     # ------------------------------------------------------------------ writes
@@ -319,7 +323,7 @@ def create_app(library: Library, *, host: str = "127.0.0.1", port: int = 7861) -
         Route("/c/{sha}/rename", rename, methods=["POST"]),
         Route("/thumb/{sha}", thumb),
         Route("/runs", runs_page),
-        Route("/runs/{name}/sample", run_sample),
+        Route("/runs/{name:path}/sample", run_sample),
         Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
     ]
     app = Starlette(
