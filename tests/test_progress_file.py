@@ -153,6 +153,29 @@ def test_a_nan_loss_says_failed(images, tmp_path, monkeypatch, every_report):
     assert isinstance(doc["loss"], float)  # the last finite report's (JSON has no NaN)
 
 
+def test_any_error_after_set_up_says_failed_and_a_refused_run_writes_nothing(
+    images, tmp_path, monkeypatch
+):
+    """An error other than a NaN (here the model fails to load, as an out-of-memory or a
+    broken file would) marks the run failed, not left in "setup" forever; a run refused
+    before its set-up leaves no progress file."""
+    import conceptlib.models.base as base_mod
+    from conceptlib.errors import BaseModelError, UsageError
+
+    def broken(*args, **kwargs):  # noqa: ANN002, ANN003
+        raise BaseModelError("the base model could not be loaded (test)")
+
+    monkeypatch.setattr(base_mod, "load_base", broken)
+    with pytest.raises(BaseModelError):
+        train([images], name="broken", init="toy", steps=2, run_dir=tmp_path / "run",
+              cache_dir=tiny_cache_dir(), **TINY)  # fmt: skip
+    assert read_progress(tmp_path / "run")["phase"] == "failed"
+    with pytest.raises(UsageError):
+        train([images], name="refused", init="toy", steps=0, run_dir=tmp_path / "none",
+              cache_dir=tiny_cache_dir(), **TINY)  # fmt: skip
+    assert not (tmp_path / "none" / "progress.json").exists()
+
+
 def test_train_plan_writes_one_progress_file_per_concept(tmp_path, site):
     from conceptlib.trainer.multi import train_plan
 

@@ -634,6 +634,10 @@ def _train_share(
                 for run in runs:
                     run.outputs.close()  # the event files flushed: the end, errors, Ctrl-C
                 engine.close()
+    except Exception:
+        for run in runs:  # every concept stops with the plan (a finished one stays done)
+            run.ended("failed")
+        raise
     except KeyboardInterrupt as exc:
         for run in runs:
             run.ended("interrupted")  # the progress files (a finished concept's stays done)

@@ -81,9 +81,9 @@ class ProgressFile:
         keeping the last step, loss and sample known unless given."""
         if phase not in ENDED:
             raise ValueError(f"not an end phase: {phase!r}")
-        if self.last is not None and self.last["phase"] in ENDED:
-            return
-        last = self.last or {"step": 0, "loss": None, "last_sample": None}
+        if self.last is None or self.last["phase"] in ENDED:
+            return  # never reported (refused before set-up: leave no file), or already ended
+        last = self.last
         self._write(
             {
                 "step": int(step) if step is not None else last["step"],

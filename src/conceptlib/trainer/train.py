@@ -612,6 +612,9 @@ def train(
             finally:
                 run.outputs.close()  # the event files flushed: at the end, on errors, Ctrl-C
                 engine.close()
+    except Exception:
+        run.ended("failed")  # the progress file; no-op before the run folder is known
+        raise
     except KeyboardInterrupt as exc:
         raise run.interrupted() from exc
     finally:
