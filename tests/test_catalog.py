@@ -20,11 +20,11 @@ def test_schema_version_constant_matches_migrations():
 
 def test_fresh_catalog_records_every_migration(tmp_path):
     cat = Catalog(f"sqlite:///{tmp_path / 'c.db'}")
-    assert cat.migrate() == [1, 2, 3, 4, 5]
+    assert cat.migrate() == [1, 2, 3, 4, 5, 6]
     assert cat.migrate() == []
     con = sqlite3.connect(tmp_path / "c.db")
     rows = con.execute("SELECT version, name FROM schema_migrations ORDER BY version").fetchall()
-    assert [r[0] for r in rows] == [1, 2, 3, 4, 5]
+    assert [r[0] for r in rows] == [1, 2, 3, 4, 5, 6]
     assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 

@@ -173,11 +173,13 @@ def test_catalog_at_version_4_upgrades_with_its_training_runs(tmp_path):
             conn.exec_driver_sql(f"DROP INDEX {index}")
         for column in ("clip_i", "clip_t", "metrics"):
             conn.exec_driver_sql(f"ALTER TABLE training_run DROP COLUMN {column}")
-        conn.exec_driver_sql("DELETE FROM schema_migrations WHERE version = 5")
+        conn.exec_driver_sql("DROP INDEX ix_embedding_tag_tag_id_embedding_id")  # 6, too
+        conn.exec_driver_sql("CREATE INDEX ix_embedding_tag_tag_id ON embedding_tag (tag_id)")
+        conn.exec_driver_sql("DELETE FROM schema_migrations WHERE version >= 5")
     assert cat.schema_version() == 4
     cat.dispose()
     with Library.open(home) as lib:
-        assert lib.catalog.schema_version() == migrations.LATEST == 5
+        assert lib.catalog.schema_version() == migrations.LATEST == 6
         (run,) = lib.get("old-toy").training_runs
         assert (run.steps, run.config, run.clip_i, run.metrics) == (7, {"lr": 0.1}, None, {})
         _add_scored(lib, "new-toy", 10, 0.3, 0.3)

@@ -220,6 +220,16 @@ def _m0005_run_quality(conn: Connection) -> None:
     )
 
 
+def _m0006_tag_covering_index(conn: Connection) -> None:
+    # A tag filter reads the entries of one tag: with (tag_id, embedding_id) that is a
+    # range of one index (covering), not an index lookup plus a table row per entry.
+    # The old (tag_id) index is a prefix of the new one, so it goes.
+    conn.exec_driver_sql("DROP INDEX ix_embedding_tag_tag_id")
+    conn.exec_driver_sql(
+        "CREATE INDEX ix_embedding_tag_tag_id_embedding_id ON embedding_tag (tag_id, embedding_id)"
+    )
+
+
 MIGRATIONS: list[Migration] = [
     Migration(1, "core tables: embeddings, tags, previews, sources", _m0001_core),
     Migration(2, "full-text search over name, token, description and tags", _m0002_fulltext),
@@ -232,6 +242,7 @@ MIGRATIONS: list[Migration] = [
         4, "blobs in the database for catalogs shared by several machines", _m0004_shared_blobs
     ),
     Migration(5, "CLIP-I / CLIP-T and per-step metrics of training runs", _m0005_run_quality),
+    Migration(6, "covering index of embeddings by tag", _m0006_tag_covering_index),
 ]
 
 LATEST = MIGRATIONS[-1].version

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from sqlalchemy import Column, ForeignKey, Integer
+from sqlalchemy import Column, ForeignKey, Index, Integer
 from sqlmodel import Field, SQLModel
 
 
@@ -57,14 +57,14 @@ class TagRow(SQLModel, table=True):
 
 class EmbeddingTagRow(SQLModel, table=True):
     __tablename__ = "embedding_tag"
+    # Migration 6: the entries of one tag are one range of this index (covering).
+    __table_args__ = (Index("ix_embedding_tag_tag_id_embedding_id", "tag_id", "embedding_id"),)
 
     embedding_id: int = Field(
         sa_column=Column(Integer, ForeignKey("embedding.id", ondelete="CASCADE"), primary_key=True)
     )
     tag_id: int = Field(
-        sa_column=Column(
-            Integer, ForeignKey("tag.id", ondelete="CASCADE"), primary_key=True, index=True
-        )
+        sa_column=Column(Integer, ForeignKey("tag.id", ondelete="CASCADE"), primary_key=True)
     )
 
 

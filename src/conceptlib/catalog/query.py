@@ -24,7 +24,7 @@ from conceptlib.schemas.records import (
 )
 
 #: The schema version this code reads; equal to ``migrations.LATEST`` (a test checks).
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 EMBEDDING_COLUMNS = (
     "id",
@@ -68,8 +68,15 @@ class SearchQuery:
     limit: int | None = None
     offset: int = 0
     #: ``name`` (by the normalized name), ``newest`` or ``oldest`` (by the row id, the
-    #: order entries were added in); each is an index walk.
+    #: order entries were added in); each is an index walk. ``clip-i`` / ``clip-t``: best
+    #: first (see :data:`ORDERS`). Anything else raises ``UsageError``.
     order: str = "name"
+
+    def __post_init__(self) -> None:
+        if self.order not in ORDERS:
+            from conceptlib.errors import UsageError
+
+            raise UsageError(f"unknown order {self.order!r}; expected one of {', '.join(ORDERS)}")
 
 
 #: ``SearchQuery.order`` -> ORDER BY clause.

@@ -158,9 +158,11 @@ class Library:
         source: str | None = None,
         base_model: str | None = None,
         limit: int | None = None,
+        order: str = "name",
     ) -> list[EmbeddingInfo]:
         """Find embeddings; all filters combine with AND. ``query`` searches name, token,
-        description and tags (every word must match, as a prefix)."""
+        description and tags (every word must match, as a prefix). ``order``: one of
+        ``ORDERS`` (name, newest, oldest, clip-i, clip-t), else ``UsageError``."""
         q = SearchQuery(
             text=query or None,
             tags=[normalize_tag(t) for t in tags],
@@ -170,6 +172,7 @@ class Library:
             source=source,
             base_model=base_model,
             limit=limit,
+            order=order,
         )
         with self.reader() as r:
             return r.search(q)
