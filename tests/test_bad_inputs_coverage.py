@@ -341,6 +341,29 @@ COVERAGE: dict[int, tuple[str, str, list[str]]] = {
         'test_uisync.py::test_cli_errors_change_nothing',
         'test_uisync.py::test_an_interrupted_run_is_finished_by_the_next',
     ]),
+    64: ('hostile caption files', 'ImageError / UsageError', [
+        'test_trainer_captions.py::test_hostile_captions_are_refused_without_echoing_them',
+        'test_trainer_captions.py::test_huge_and_non_file_captions_are_refused',
+        'test_trainer_captions.py::test_cli_caption_errors_fail_before_the_model_loads',
+    ]),
+    65: ('hostile plan files', 'UsageError', [
+        'test_trainer_plan.py::test_bad_plans_are_refused_before_anything_loads',
+        'test_trainer_plan.py::test_plan_files_are_read_with_a_size_cap',
+    ]),
+    66: ('hostile progress.json in a run folder', 'listed with a problem, never served', [
+        'test_progress_file.py::test_hostile_progress_files_are_refused_with_a_problem_and_never_served',
+        'test_progress_file.py::test_a_symlinked_progress_file_or_fifo_is_not_read',
+    ]),
+    67: ('hostile LoRA bundles', 'bundle rejected / file refused', [
+        'test_bundle_emb.py::test_hostile_bundles',
+        'test_bundle_emb.py::test_too_many_bundles_refuse_the_file',
+        'test_bundle_emb.py::test_a_huge_declared_bundle_is_refused_from_the_header',
+    ]),
+    68: ('hostile requests and user text in serve', '400 / 403, escaped', [
+        'test_web.py::test_requests_naming_another_host_are_refused',
+        'test_web.py::test_writes_need_the_sessions_csrf_token_a_post_and_this_origin',
+        'test_web.py::test_hostile_sidecar_text_is_inert_on_every_page',
+    ]),
 }  # fmt: skip
 
 
