@@ -530,6 +530,8 @@ def _train_share(
         for p, run in zip(mine, runs, strict=True):
             with in_concept(plan, p.spec, "clip_model"):
                 run.outputs.load_scorer(dev, p.imgs.images)
+        for run in runs:  # images and captions were checked when the plan was prepared
+            run.inputs_checked()
         with in_concept(plan, None, "base"):
             bm = load_base(s["base"], device=dev, dtype=dtype, cache_dir=tiny_cache,
                            config=s["base_config"])  # fmt: skip

@@ -66,6 +66,7 @@ class Run:
         self.dir = Path(".")
         self.ckpt_path = Path(".")
         self.progress_file: Any = None  # the run folder's progress.json, once it is known
+        self.inputs_ok = False  # progress.json is written only after the inputs' checks
 
     def set_dir(self, run_dir: Path) -> None:
         from conceptlib.trainer.checkpoint import CHECKPOINT_NAME
@@ -98,12 +99,19 @@ class Run:
         self, step: int, loss: float | None, *, phase: str = "train", rate: float | None = None
     ) -> None:
         eta = (self.steps - step) / rate if rate else None
-        if self.progress_file is not None:  # before the callback: it sees this step's file
+        if self.progress_file is not None and self.inputs_ok:  # before the callback
             last = f"samples/{self.sample_paths[-1].name}" if self.sample_paths else None
             self.progress_file.update(step, loss, phase=phase, steps_per_s=rate, eta_s=eta,
                                       last_sample=last)  # fmt: skip
         if self.progress is not None:
             self.progress(TrainProgress(step, self.steps, loss, rate, eta, phase))
+
+    def inputs_checked(self) -> None:
+        """The user's inputs (options, images, captions) passed their checks: from here
+        on the run folder shows progress; a run refused before leaves no file there."""
+        self.inputs_ok = True
+        if self.progress_file is not None:
+            self.progress_file.update(0, None, phase="setup")
 
     def ended(self, phase: str) -> None:
         """The run folder's progress file says the run ended (failed, interrupted)."""

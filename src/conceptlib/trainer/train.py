@@ -496,6 +496,7 @@ def train(
         for note in notes:
             run.say(note)
         run.outputs.load_scorer(dev if loaded is None else loaded.device, imgs.images)
+        run.inputs_checked()
         if loaded is not None:
             bm = loaded
             precision = precision or {"torch.bfloat16": "bf16", "torch.float16": "fp16"}.get(
