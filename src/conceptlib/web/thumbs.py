@@ -10,13 +10,12 @@ requests for the same thumbnail never see half a file.
 from __future__ import annotations
 
 import io
-import os
-import tempfile
 from html import escape
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from conceptlib.errors import ConceptlibError
+from conceptlib.registry.store import atomic_write
 
 if TYPE_CHECKING:
     from conceptlib.registry.library import Library
@@ -98,14 +97,9 @@ def thumbnail(library: Library, info: EmbeddingInfo) -> Path | None:
         return None
     buf = io.BytesIO()
     im.save(buf, "WEBP", quality=82)
-    folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".thumb-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(buf.getvalue())
-        os.replace(tmp, target)
-    except OSError:
-        Path(tmp).unlink(missing_ok=True)
+    try:  # a cache: no fsync; a full disk means no thumbnail, not an error page
+        atomic_write(target, buf.getvalue(), fsync=False)
+    except ConceptlibError:
         return None
     return target
 
