@@ -45,6 +45,20 @@ def _fsync_dir(path: Path) -> None:
 _KNOWN_DIRS: set[str] = set()
 
 
+def write_failed(exc: OSError, path: Path, tmp: Path, detail: str = "") -> StoreError:
+    """The error for a failed atomic write of ``path`` through the temporary file ``tmp``
+    (removed here, so no partial file is left): :class:`DiskFull` when the disk or quota
+    is full, else :class:`StoreError`. ``detail`` follows the file name (a size)."""
+    with contextlib.suppress(OSError):
+        tmp.unlink()
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return DiskFull(
+            f"no space left writing {path.name}{detail}",
+            hint="free some disk space and run the command again; nothing was changed",
+        )
+    return StoreError(f"could not write {path}: {exc.strerror or exc}")
+
+
 def atomic_write(path: Path, data: bytes, *, fsync: bool = True, _retry: bool = True) -> None:
     """Write ``data`` to ``path`` atomically; on any error no partial file is visible."""
     parent = str(path.parent)
@@ -72,14 +86,7 @@ def atomic_write(path: Path, data: bytes, *, fsync: bool = True, _retry: bool = 
         atomic_write(path, data, fsync=fsync, _retry=False)
         return
     except OSError as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise DiskFull(
-                f"no space left writing {path.name} ({len(data)} bytes)",
-                hint="free some disk space and run the command again; nothing was changed",
-            ) from None
-        raise StoreError(f"could not write {path}: {exc.strerror or exc}") from None
+        raise write_failed(exc, path, tmp, f" ({len(data)} bytes)") from None
     if fsync:
         _fsync_dir(path.parent)
 

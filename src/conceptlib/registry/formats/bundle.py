@@ -479,12 +479,9 @@ def _stream_write(dst: Path, head: list[bytes], src: BinaryIO, start: int, tail:
     Raises:
         DiskFull, StoreError: writing failed (no partial file is left).
     """
-    import contextlib
-    import errno
     import secrets
 
-    from conceptlib.errors import DiskFull, StoreError
-    from conceptlib.registry.store import TMP_PREFIX, _fsync_dir
+    from conceptlib.registry.store import TMP_PREFIX, _fsync_dir, write_failed
 
     digest = hashlib.sha256()
     tmp = dst.parent / f"{TMP_PREFIX}{secrets.token_hex(6)}-{dst.name}"
@@ -504,13 +501,6 @@ def _stream_write(dst: Path, head: list[bytes], src: BinaryIO, start: int, tail:
             os.fsync(w.fileno())
         os.replace(tmp, dst)
     except OSError as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise DiskFull(
-                f"no space left writing {dst.name}",
-                hint="free some disk space and run the command again; nothing was changed",
-            ) from None
-        raise StoreError(f"could not write {dst}: {exc.strerror or exc}") from None
+        raise write_failed(exc, dst, tmp) from None
     _fsync_dir(dst.parent)
     return digest.hexdigest()
