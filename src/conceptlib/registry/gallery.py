@@ -62,10 +62,9 @@ def search_page(
     """Page ``page`` (from 1) of the entries matching the filters (as ``Library.search``).
 
     Raises:
-        UsageError: an unknown order, a page below 1, a size outside 1..500.
+        UsageError: a page below 1, a size outside 1..500, an unknown order
+            (:class:`~conceptlib.catalog.query.SearchQuery` checks it).
     """
-    if order not in ORDERS:
-        raise UsageError(f"unknown order {order!r}; expected one of {', '.join(ORDERS)}")
     if page < 1 or not 1 <= size <= MAX_PAGE_SIZE:
         raise UsageError(f"page must be 1 or more and size 1 to {MAX_PAGE_SIZE}")
     q = SearchQuery(
