@@ -137,7 +137,7 @@ def test_untrusted_metadata_is_capped_and_escaped(
     assert "\x1b" not in res.output and "\u202e" not in res.output
     assert "ev\\x1bil[red]" in res.output
     res = CliRunner().invoke(cli, ["which", "--json", str(tmp_path / "evil.png")])
-    assert res.exit_code == 0 and "\x1b" not in res.output
+    assert res.exit_code == 0 and "\x1b" not in res.output and "\u202e" not in res.output
     assert json.loads(res.output)[0]["missing"] == ["ev\x1bil[red]"]
     assert catalog_snapshot(_isolated_home) == before
 

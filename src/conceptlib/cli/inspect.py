@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import json
-
 import click
 
-from conceptlib.cli.common import console, json_option, open_library
+from conceptlib.cli.common import console, json_option, open_library, print_json
 
 
 @click.command("which")
@@ -27,9 +25,8 @@ def which_cmd(images: tuple[str, ...], as_json: bool) -> None:
 
     with open_library() as library:
         reports = which(library, list(images))
-    if as_json:
-        # ASCII-only JSON: no control or bidi character from the image reaches a terminal
-        click.echo(json.dumps([r.to_dict() for r in reports], indent=2, ensure_ascii=True))
+    if as_json:  # print_json escapes control and bidi characters from the image
+        print_json([r.to_dict() for r in reports])
         return
     out = console()
     for r in reports:
