@@ -172,3 +172,29 @@ def test_every_library_write_runs_again_after_a_conflict(lib, emb_factory, monke
     if operation == "sync":
         assert [s.repo_id for s in lib.get("writer").syncs] == ["u/r"]
     assert lib.verify().problems == []
+
+
+def test_removing_shared_blobs_runs_again_after_a_conflict(lib, emb_factory, monkeypatch):
+    """On a shared PostgreSQL catalog, remove() also deletes the database copies of the
+    blobs nothing names any more: that transaction is retried like every other write."""
+    from contextlib import contextmanager
+
+    if not lib.shares_blobs:
+        pytest.skip("only a shared (PostgreSQL) catalog keeps blobs in the database")
+    lib.add_embedding(emb_factory(seed=31), name="shared-gone")
+    real = Catalog.connection
+    calls: list[int] = []
+
+    @contextmanager
+    def connection(self):
+        calls.append(1)
+        with real(self) as conn:
+            yield conn
+            if len(calls) == 1:
+                raise _conflict()
+
+    monkeypatch.setattr(Catalog, "connection", connection)
+    lib.remove("shared-gone")
+    assert len(calls) == 2
+    assert lib.list() == []
+    assert lib.verify().problems == []

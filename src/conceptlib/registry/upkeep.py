@@ -54,12 +54,15 @@ def delete_unreferenced_db_blobs(lib: Library, shas: Sequence[str]) -> None:
     """Drop database blobs that no row names (re-checked inside the transaction)."""
     from sqlalchemy import text
 
-    with lib.catalog.connection() as conn:
-        for sha in shas:
-            conn.execute(
-                text(f"DELETE FROM blob WHERE sha256 = :s AND sha256 NOT IN ({_REFERENCED})"),
-                {"s": sha},
-            )
+    def delete() -> None:
+        with lib.catalog.connection() as conn:
+            for sha in shas:
+                conn.execute(
+                    text(f"DELETE FROM blob WHERE sha256 = :s AND sha256 NOT IN ({_REFERENCED})"),
+                    {"s": sha},
+                )
+
+    lib.catalog.retrying(delete)  # idempotent: run again when aborted as a conflict
 
 
 def verify(lib: Library, *, on_progress: ProgressCallback | None = None) -> VerifyReport:
