@@ -76,3 +76,21 @@ def test_event_files_hold_loss_lr_samples_and_config_across_an_interrupt(images,
     assert texts, [v.tag for e in events for v in e.summary.value]
     shown = texts[-1].tensor.string_val[0].decode()
     assert json.loads(shown.strip("`\n"))["name"] == "board-toy"
+
+
+def test_a_writer_opened_in_the_same_second_keeps_the_earlier_file(tmp_path, monkeypatch):
+    """tensorboardX names event files by the second they were opened: a resume within
+    that second used to truncate the interrupted run's events (CI caught it)."""
+    import tensorboardX.event_file_writer as efw
+
+    from conceptlib.trainer.tensorboard import TensorBoardLog
+
+    monkeypatch.setattr(efw.time, "time", lambda: 1_700_000_000.25)
+    first = TensorBoardLog(tmp_path)
+    first.writer.add_scalar("train/lr", 0.01, 1)
+    first.writer.close()
+    second = TensorBoardLog(tmp_path, purge_step=1)
+    second.writer.add_scalar("train/lr", 0.005, 2)
+    second.writer.close()
+    events = read_events(tmp_path / TENSORBOARD_DIR)
+    assert scalars(events, "train/lr") == {1: pytest.approx(0.01), 2: pytest.approx(0.005)}

@@ -16,6 +16,7 @@ turns it off.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -30,9 +31,13 @@ class TensorBoardLog:
         from tensorboardX import SummaryWriter
 
         self.dir = Path(run_dir) / TENSORBOARD_DIR
+        # The event file is named after the second it was opened in (and the host): a
+        # run resumed within that second would truncate the interrupted run's file. A
+        # nanosecond suffix keeps both, in order (TensorBoard reads them sorted by name).
         self.writer = SummaryWriter(
-            logdir=str(self.dir), purge_step=purge_step or None, flush_secs=30
-        )
+            logdir=str(self.dir), purge_step=purge_step or None, flush_secs=30,
+            filename_suffix=f".{time.time_ns()}",
+        )  # fmt: skip
 
     def config(self, config: dict[str, Any], step: int) -> None:
         text = json.dumps(config, sort_keys=True, indent=1, default=str)
